@@ -1,0 +1,80 @@
+"""/v1/worker: the pull protocol workers speak. Every call needs the worker token."""
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from service import queue
+from service import spec as s
+from service.api.deps import SessionsDep, SettingsDep, WorkerAuth
+from service.db import transaction
+
+router = APIRouter(prefix="/v1/worker", tags=["worker"], dependencies=[WorkerAuth])
+
+# Jobs posted through another replica are not rung on this one's doorbell: look again this often.
+RECHECK_SECONDS = 1.0
+
+
+@router.post(
+    "/claim",
+    response_model=s.Lease,
+    responses={204: {"description": "No job arrived within wait_seconds."}},
+    summary="Claim the oldest queued job (long-poll)",
+)
+async def claim(body: s.ClaimRequest, request: Request, sessions: SessionsDep, settings: SettingsDep):
+    def claim_once() -> s.Lease | None:
+        with transaction(sessions) as session:
+            job = queue.claim(session, body.worker_id, settings)
+            if job is None:
+                return None
+            return s.Lease(
+                job_id=job.id, lease_token=job.lease_token, lease_seconds=settings.lease_seconds,
+                attempt=job.attempts, max_run_seconds=settings.max_run_seconds, spec=job.spec,
+            )
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + body.wait_seconds
+    doorbell = request.app.state.doorbell
+    while True:
+        if await request.is_disconnected():  # never lease a job to a worker that already hung up
+            return Response(status_code=204)
+        lease = await run_in_threadpool(claim_once)
+        if lease is not None:
+            return lease
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return Response(status_code=204)
+        await doorbell.wait(min(remaining, RECHECK_SECONDS))
+
+
+@router.post("/jobs/{job_id}:heartbeat", response_model=s.HeartbeatReply, summary="Extend the lease")
+def heartbeat(job_id: str, body: s.Heartbeat, sessions: SessionsDep, settings: SettingsDep):
+    with transaction(sessions) as session:
+        cancel = queue.heartbeat(session, job_id, body.lease_token, body.progress, settings)
+    return s.HeartbeatReply(cancel_requested=cancel)
+
+
+@router.post("/jobs/{job_id}:complete", status_code=204, summary="Report the result")
+def complete(job_id: str, body: s.Completion, sessions: SessionsDep) -> Response:
+    with transaction(sessions) as session:
+        queue.complete(session, job_id, body.lease_token, body.result)
+    return Response(status_code=204)
+
+
+@router.post("/jobs/{job_id}:fail", status_code=204, summary="Report a failed attempt")
+async def fail(job_id: str, body: s.Failure, request: Request, sessions: SessionsDep) -> Response:
+    def write() -> str:
+        with transaction(sessions) as session:
+            return queue.fail(session, job_id, body.lease_token, body.message, body.retryable).state
+
+    if await run_in_threadpool(write) == "queued":
+        request.app.state.doorbell.ring()
+    return Response(status_code=204)
+
+
+@router.post("/jobs/{job_id}:cancelled", status_code=204, summary="Confirm a cancelled job stopped")
+def cancelled(job_id: str, body: s.Cancelled, sessions: SessionsDep) -> Response:
+    with transaction(sessions) as session:
+        queue.mark_cancelled(session, job_id, body.lease_token)
+    return Response(status_code=204)

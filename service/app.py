@@ -1,0 +1,95 @@
+"""create_app(settings): the FastAPI application, its routers, error handlers and lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+import lrbs
+from service import db, queue
+from service.api import health, jobs, worker
+from service.errors import install_handlers
+from service.settings import Settings
+
+log = logging.getLogger("lrbs.service")
+
+
+class Doorbell:
+    """Wakes this process's long-polling claimers the moment a job becomes claimable."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def ring(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+
+
+def prepare_database(settings: Settings):
+    engine = db.make_engine(settings.database_url)
+    auto = settings.auto_migrate
+    if auto is None:
+        auto = engine.dialect.name == "sqlite"
+    if auto:
+        db.upgrade(engine)
+    elif not db.is_at_head(engine):
+        engine.dispose()
+        raise RuntimeError("the database schema is not up to date: run `lrbs db upgrade` (same LRBS_DATABASE_URL)")
+    return engine
+
+
+async def reap_forever(app: FastAPI) -> None:
+    settings: Settings = app.state.settings
+
+    def reap_once() -> int:
+        with db.transaction(app.state.sessions) as session:
+            return queue.reap(session)
+
+    while True:
+        await asyncio.sleep(settings.reap_interval_seconds)
+        try:
+            if await run_in_threadpool(reap_once):
+                app.state.doorbell.ring()
+        except Exception:  # a database hiccup must not stop the reaper for good
+            log.exception("reaping expired leases failed; trying again")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine = prepare_database(settings)
+        app.state.sessions = db.make_sessionmaker(engine)
+        app.state.doorbell = Doorbell()
+        reaper = asyncio.create_task(reap_forever(app))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with suppress(asyncio.CancelledError):
+                await reaper
+            engine.dispose()
+
+    app = FastAPI(
+        title="lrbs",
+        version=lrbs.__version__,
+        summary="Learning-rate and batch-size advice, measured on your model.",
+        description="POST a job spec to `/v1/jobs`; a worker runs an LR range test with PyTorch; "
+        "`GET /v1/jobs/{id}` returns the curve, every rule's suggestion and the recommended settings.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(worker.router)
+    app.include_router(health.router)
+    return app

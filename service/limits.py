@@ -1,0 +1,26 @@
+"""Operator limits on what one job may ask for (settings), checked on top of the spec's own validation."""
+
+from service.errors import Unprocessable
+from service.settings import Settings
+from service.spec import JobSpec
+
+
+def check_limits(spec: JobSpec, settings: Settings) -> None:
+    errors: list[dict[str, str]] = []
+
+    def over(field: str, value: int, limit: int, setting: str) -> None:
+        if value > limit:
+            errors.append({
+                "field": field,
+                "message": f"{value} is over this service's limit of {limit} (setting LRBS_{setting})",
+            })
+
+    over("lr_range.num_steps", spec.lr_range.num_steps, settings.max_lr_steps, "MAX_LR_STEPS")
+    over("lr_range.batch_size", spec.lr_range.batch_size, settings.max_batch_size, "MAX_BATCH_SIZE")
+    for i, size in enumerate(spec.batch_sizes or []):
+        over(f"batch_sizes.{i}", size, settings.max_batch_size, "MAX_BATCH_SIZE")
+    over("batch_sizes", len(spec.batch_sizes or []), settings.max_batch_candidates, "MAX_BATCH_CANDIDATES")
+    over("dataset.params.n_samples", spec.dataset.params.n_samples, settings.max_samples, "MAX_SAMPLES")
+    if errors:
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        raise Unprocessable(detail, errors=errors)

@@ -1,0 +1,33 @@
+"""All service settings, read from LRBS_* environment variables (or passed in tests)."""
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LRBS_", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///./lrbs.db",
+        description="SQLAlchemy URL. postgresql://… uses psycopg 3; ?options=-csearch_path%3Dname picks a schema.",
+    )
+    auto_migrate: bool | None = Field(
+        None, description="Apply migrations at start-up. Default: yes on SQLite, no on PostgreSQL."
+    )
+    worker_token: str | None = Field(
+        None, description="Bearer token workers present. `lrbs serve` generates one when unset."
+    )
+
+    # The queue
+    lease_seconds: float = Field(30.0, gt=0, description="A worker that misses heartbeats this long loses its job.")
+    max_attempts: int = Field(3, ge=1, description="Claims before a job whose worker keeps dying is failed.")
+    reap_interval_seconds: float = Field(2.0, gt=0, description="How often expired leases are requeued.")
+    max_run_seconds: float = Field(3600.0, gt=0, description="Wall time one attempt may run before it fails.")
+
+    # Limits on what a job may ask for
+    max_spec_bytes: int = Field(64 * 1024, gt=0)
+    max_lr_steps: int = Field(10_000, gt=0)
+    max_batch_size: int = Field(65_536, gt=0)
+    max_batch_candidates: int = Field(32, gt=0)
+    max_samples: int = Field(1_000_000, gt=0, description="Largest built-in dataset a job may generate.")
+    max_page_size: int = Field(200, gt=0)

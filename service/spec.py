@@ -370,6 +370,7 @@ class Job(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     attempts: int = Field(description="How many times a worker has claimed this job.")
+    worker_id: str | None = Field(None, description="The worker that ran (or runs) the latest attempt.")
     cancel_requested: bool = False
     spec: JobSpec
     result: Result | None = None

@@ -1,0 +1,87 @@
+"""The `lrbs` command: serve (service + embedded worker), worker, db upgrade."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+
+import click
+
+from worker.__main__ import main as worker_command
+
+
+@click.group()
+def main() -> None:
+    """lrbs: learning-rate and batch-size advice as a service."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", "n_workers", default=1, show_default=True, type=int,
+              help="Worker processes started beside the service (0: none; start `lrbs worker` elsewhere).")
+def serve(host: str, port: int, n_workers: int) -> None:
+    """Start the service (LRBS_DATABASE_URL, default SQLite ./lrbs.db) with a worker beside it."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = Settings()
+    if settings.worker_token is None:
+        settings.worker_token = secrets.token_urlsafe(32)
+        if n_workers == 0:
+            click.echo(f"worker token for this run (set LRBS_WORKER_TOKEN to fix one): {settings.worker_token}")
+    app = create_app(settings)  # fails here, before any worker starts, if the schema is not current
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    env = {**os.environ, "LRBS_WORKER_TOKEN": settings.worker_token}
+    children = [
+        subprocess.Popen([sys.executable, "-m", "worker", "--url", url, "--worker-id", f"embedded-{i}"],
+                         env=env, preexec_fn=_die_with_parent)
+        for i in range(n_workers)
+    ]
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def _die_with_parent() -> None:
+    """Linux: the embedded worker gets SIGTERM if the service dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+main.add_command(worker_command, name="worker")
+
+
+@main.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command()
+def upgrade() -> None:
+    """Apply migrations to LRBS_DATABASE_URL (run once per release on PostgreSQL)."""
+    from service.db import make_engine
+    from service.db import upgrade as run_upgrade
+    from service.settings import Settings
+
+    engine = make_engine(Settings().database_url)
+    run_upgrade(engine)
+    click.echo(f"database at {engine.url.render_as_string(hide_password=True)} is at the latest revision")

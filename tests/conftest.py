@@ -1,0 +1,85 @@
+"""One fixture builds an app on a fresh database: a SQLite file, or a PostgreSQL schema of its own.
+
+PostgreSQL tests skip when no server answers, unless LRBS_TEST_REQUIRE_POSTGRES=1 (as .ci/run sets).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from functools import cache
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from service import db
+from service.app import create_app
+from service.settings import Settings
+
+PG_URL = os.environ.get("LRBS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REQUIRE_PG = os.environ.get("LRBS_TEST_REQUIRE_POSTGRES") == "1"
+WORKER_TOKEN = "test-worker-token"
+AUTH = {"Authorization": f"Bearer {WORKER_TOKEN}"}
+
+
+@cache
+def postgres_error() -> str | None:
+    try:
+        engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A URL to an empty database, once for SQLite and once for PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/lrbs.db"
+        return
+    error = postgres_error()
+    if error:
+        message = f"PostgreSQL at {PG_URL} is unreachable: {error}"
+        if REQUIRE_PG:
+            pytest.fail(message)
+        pytest.skip(message)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def settings(database_url) -> Settings:
+    return Settings(database_url=database_url, worker_token=WORKER_TOKEN, auto_migrate=True)
+
+
+@pytest.fixture
+def client(settings):
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture
+def sessions(settings):
+    engine = db.make_engine(settings.database_url)
+    db.upgrade(engine)
+    yield db.make_sessionmaker(engine)
+    engine.dispose()
+
+
+MINIMAL_SPEC = {
+    "model": {"name": "mlp", "params": {"hidden": [32]}},
+    "dataset": {"name": "synthetic_classification", "params": {"n_samples": 512}},
+    "optimizer": {"name": "sgd", "params": {"momentum": 0.9}},
+}

@@ -1,0 +1,181 @@
+"""The queue's state machine on a real database (SQLite and PostgreSQL), as a worker would drive it."""
+
+import threading
+import time
+
+import pytest
+
+from service import queue
+from service import spec as s
+from service.db import transaction
+from service.errors import Conflict, LeaseLost
+from tests.conftest import MINIMAL_SPEC
+
+SPEC = s.JobSpec.model_validate(MINIMAL_SPEC)
+
+
+def a_result() -> s.Result:
+    return s.Result(
+        curve=s.Curve(lr=[1e-3, 1e-2], loss=[2.0, 1.0], smoothed_loss=[2.0, 1.5]),
+        suggestions={"valley": s.SuggestionOut(lr=1e-2, reason="test")},
+        stop_reason="completed", steps_run=2, wall_time_s=0.1,
+        environment=s.Environment(device="cpu", torch="x", python="x", lrbs="x"),
+    )
+
+
+def submit(sessions, settings, n=1):
+    with transaction(sessions) as session:
+        return [queue.submit(session, SPEC, settings).id for _ in range(n)]
+
+
+def claim(sessions, settings, worker="w1"):
+    with transaction(sessions) as session:
+        return queue.claim(session, worker, settings)
+
+
+def state(sessions, job_id):
+    with transaction(sessions) as session:
+        return queue.get(session, job_id)
+
+
+def test_claim_takes_the_oldest_once(sessions, settings):
+    first, second = submit(sessions, settings, 2)
+    job = claim(sessions, settings)
+    assert job.id == first and job.state == "running" and job.attempts == 1 and job.lease_token
+    assert claim(sessions, settings).id == second
+    assert claim(sessions, settings) is None
+
+
+def test_heartbeat_extends_the_lease_and_brings_back_cancellation(sessions, settings):
+    (job_id,) = submit(sessions, settings)
+    lease = claim(sessions, settings)
+    progress = s.Progress(phase="lr_range", step=5, total=10, fraction=0.5)
+    with transaction(sessions) as session:
+        assert queue.heartbeat(session, job_id, lease.lease_token, progress, settings) is False
+    assert state(sessions, job_id).progress["step"] == 5
+    with transaction(sessions) as session:
+        queue.cancel(session, job_id)
+    with transaction(sessions) as session:
+        assert queue.heartbeat(session, job_id, lease.lease_token, None, settings) is True
+    with transaction(sessions) as session:
+        queue.mark_cancelled(session, job_id, lease.lease_token)
+    assert state(sessions, job_id).state == "cancelled"
+
+
+def test_complete_is_fenced_and_idempotent(sessions, settings):
+    (job_id,) = submit(sessions, settings)
+    lease = claim(sessions, settings)
+    with transaction(sessions) as session, pytest.raises(LeaseLost):
+        queue.complete(session, job_id, "not-the-lease", a_result())
+    for _ in range(2):  # a repeated delivery of the same report changes nothing
+        with transaction(sessions) as session:
+            queue.complete(session, job_id, lease.lease_token, a_result())
+    job = state(sessions, job_id)
+    assert job.state == "succeeded" and job.result["steps_run"] == 2 and job.finished_at
+    assert job.progress["phase"] == "done" and job.progress["fraction"] == 1.0
+
+
+def test_retryable_failures_requeue_until_attempts_run_out(sessions, settings):
+    settings.max_attempts = 2
+    (job_id,) = submit(sessions, settings)
+    for attempt, expected in [(1, "queued"), (2, "failed")]:
+        lease = claim(sessions, settings)
+        assert lease.attempts == attempt
+        with transaction(sessions) as session:
+            queue.fail(session, job_id, lease.lease_token, "worker shut down", retryable=True)
+        job = state(sessions, job_id)
+        assert job.state == expected and job.error == {"message": "worker shut down", "attempt": attempt}
+
+
+def test_a_job_error_fails_at_once(sessions, settings):
+    (job_id,) = submit(sessions, settings)
+    lease = claim(sessions, settings)
+    with transaction(sessions) as session:
+        queue.fail(session, job_id, lease.lease_token, "no CUDA here", retryable=False)
+    assert state(sessions, job_id).state == "failed"
+
+
+def test_an_expired_lease_requeues_and_fences_out_the_old_worker(sessions, settings):
+    settings.lease_seconds = 0.2
+    (job_id,) = submit(sessions, settings)
+    old = claim(sessions, settings, "w1")
+    time.sleep(0.4)
+    with transaction(sessions) as session:
+        assert queue.reap(session) == 1
+    job = state(sessions, job_id)
+    assert job.state == "queued" and "lease expired" in job.error["message"]
+    settings.lease_seconds = 30
+    new = claim(sessions, settings, "w2")
+    assert new.id == job_id and new.attempts == 2
+    with transaction(sessions) as session, pytest.raises(LeaseLost):
+        queue.heartbeat(session, job_id, old.lease_token, None, settings)
+    with transaction(sessions) as session, pytest.raises(LeaseLost):
+        queue.complete(session, job_id, old.lease_token, a_result())
+    with transaction(sessions) as session:
+        queue.complete(session, job_id, new.lease_token, a_result())
+    assert state(sessions, job_id).state == "succeeded"
+
+
+def test_reaping_a_cancelled_job_ends_it_cancelled(sessions, settings):
+    settings.lease_seconds = 0.1
+    (job_id,) = submit(sessions, settings)
+    claim(sessions, settings)
+    with transaction(sessions) as session:
+        queue.cancel(session, job_id)
+    time.sleep(0.3)
+    with transaction(sessions) as session:
+        queue.reap(session)
+    assert state(sessions, job_id).state == "cancelled"
+
+
+def test_cancel(sessions, settings):
+    queued, running = submit(sessions, settings, 2)
+    with transaction(sessions) as session:
+        assert queue.cancel(session, queued).state == "cancelled"
+    lease = claim(sessions, settings)
+    assert lease.id == running  # the cancelled job is never claimed
+    with transaction(sessions) as session:
+        job = queue.cancel(session, running)
+        assert job.state == "running" and job.cancel_requested
+    with transaction(sessions) as session:
+        queue.complete(session, running, lease.lease_token, a_result())
+    with transaction(sessions) as session, pytest.raises(Conflict):
+        queue.cancel(session, running)
+
+
+def test_concurrent_claimers_never_share_a_job(sessions, settings):
+    ids = submit(sessions, settings, 30)
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def claimer(name):
+        while True:
+            job = claim(sessions, settings, name)
+            if job is None:
+                return
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(ids)  # every job once, none twice
+
+
+def test_list_is_newest_first_with_keyset_pages(sessions, settings):
+    ids = submit(sessions, settings, 7)
+    with transaction(sessions) as session:
+        queue.cancel(session, ids[0])
+    seen, token = [], None
+    while True:
+        with transaction(sessions) as session:
+            page, token = queue.list_jobs(session, None, 3, token)
+        seen += [j.id for j in page]
+        if token is None:
+            break
+    assert seen == ids[::-1]
+    with transaction(sessions) as session:
+        cancelled, _ = queue.list_jobs(session, "cancelled", 10, None)
+    assert [j.id for j in cancelled] == [ids[0]]

@@ -1,0 +1,100 @@
+"""The job spec: what is accepted, what is inferred, and what a bad spec is told."""
+
+import pytest
+from pydantic import ValidationError
+
+from service.errors import Unprocessable
+from service.limits import check_limits
+from service.settings import Settings
+from service.spec import JobSpec, data_shape
+from tests.conftest import MINIMAL_SPEC
+
+
+def spec(**changes) -> dict:
+    return {**MINIMAL_SPEC, **changes}
+
+
+def errors_of(data: dict) -> str:
+    with pytest.raises(ValidationError) as info:
+        JobSpec.model_validate(data)
+    return str(info.value)
+
+
+def test_minimal_spec_gets_every_default():
+    job = JobSpec.model_validate(MINIMAL_SPEC)
+    assert job.loss == "cross_entropy"  # inferred from classification data
+    assert job.schedule == "one_cycle"
+    assert (job.lr_range.min_lr, job.lr_range.max_lr, job.lr_range.num_steps) == (1e-7, 10.0, 100)
+    assert job.lr_range.mode == "exponential" and job.lr_range.smoothing == 0.98
+    assert job.lr_range.diverge_factor == 4.0
+    assert job.device == "auto" and job.seed == 0 and job.batch_sizes is None
+    assert job.model.params.in_features is None  # inferred by the worker from the dataset
+
+
+def test_regression_data_defaults_to_mse():
+    job = JobSpec.model_validate(spec(dataset={"name": "synthetic_regression"}))
+    assert job.loss == "mse"
+    assert data_shape(job.dataset).task == "regression"
+
+
+def test_documented_examples_are_valid():
+    for example in JobSpec.model_config["json_schema_extra"]["examples"]:
+        JobSpec.model_validate(example)
+
+
+def test_unknown_fields_are_rejected_at_every_level():
+    assert "Extra inputs are not permitted" in errors_of(spec(learning_rate=0.1))
+    assert "Extra inputs are not permitted" in errors_of(spec(lr_range={"min_lr": 1e-6, "steps": 10}))
+    assert "Extra inputs are not permitted" in errors_of(spec(model={"name": "mlp", "params": {"width": 3}}))
+
+
+def test_unknown_names_list_what_is_accepted():
+    message = errors_of(spec(model={"name": "resnet9000"}))
+    assert "linear" in message and "mlp" in message and "cnn" in message
+    assert "sgd" in errors_of(spec(optimizer={"name": "lion"}))
+
+
+def test_lr_bounds_are_ordered():
+    assert "must be below max_lr" in errors_of(spec(lr_range={"min_lr": 1.0, "max_lr": 0.1}))
+    assert "greater than 0" in errors_of(spec(lr_range={"min_lr": 0}))
+    assert "greater than or equal to 5" in errors_of(spec(lr_range={"num_steps": 2}))
+
+
+def test_optimizer_params_checked_against_torch():
+    message = errors_of(spec(optimizer={"name": "adam", "params": {"momentum": 0.9}}))
+    assert "adam does not take momentum" in message and "betas" in message
+    assert "Invalid momentum value" in errors_of(spec(optimizer={"name": "sgd", "params": {"momentum": -1}}))
+    assert "sgd does not take lr" in errors_of(spec(optimizer={"name": "sgd", "params": {"lr": 0.1}}))
+    ok = JobSpec.model_validate(spec(optimizer={"name": "adamw", "params": {"betas": [0.9, 0.95]}}))
+    assert ok.optimizer.params["betas"] == [0.9, 0.95]
+
+
+def test_loss_must_fit_the_data():
+    message = errors_of(spec(loss="mse"))
+    assert "does not fit classification" in message and "cross_entropy" in message
+
+
+def test_cnn_needs_images():
+    assert "cnn needs image data" in errors_of(spec(model={"name": "cnn"}))
+    JobSpec.model_validate(spec(model={"name": "cnn"}, dataset={"name": "synthetic_images"}))
+
+
+def test_explicit_sizes_must_agree_with_the_data():
+    message = errors_of(spec(model={"name": "linear", "params": {"in_features": 7}}))
+    assert "in_features is 7 but the dataset gives 20" in message
+
+
+def test_batch_sizes_are_positive_and_distinct():
+    assert "distinct" in errors_of(spec(batch_sizes=[32, 32]))
+    assert "greater than 0" in errors_of(spec(batch_sizes=[0, 32]))
+    assert JobSpec.model_validate(spec(batch_sizes=[64, 16])).batch_sizes == [16, 64]
+
+
+def test_operator_limits_name_the_field_and_the_setting():
+    job = JobSpec.model_validate(spec(lr_range={"num_steps": 500}, batch_sizes=[8, 4096]))
+    check_limits(job, Settings(max_lr_steps=1000))
+    with pytest.raises(Unprocessable) as info:
+        check_limits(job, Settings(max_lr_steps=100, max_batch_size=1024))
+    fields = [e["field"] for e in info.value.extra["errors"]]
+    assert fields == ["lr_range.num_steps", "batch_sizes.1"]
+    assert "LRBS_MAX_LR_STEPS" in info.value.detail

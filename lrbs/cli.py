@@ -45,8 +45,13 @@ def serve(host: str, port: int, n_workers: int) -> None:
                          env=env, preexec_fn=_die_with_parent)
         for i in range(n_workers)
     ]
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            app.state.draining = True
+            super().handle_exit(sig, frame)
+
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run()
     finally:
         for child in children:
             child.terminate()

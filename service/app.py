@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.draining = False  # set on shutdown so long-polls end instead of holding it up
     install_handlers(app)
     app.include_router(jobs.router)
     app.include_router(worker.router)

@@ -164,6 +164,7 @@ class Heartbeat(threading.Thread):
         self._halt = threading.Event()
 
     def run(self) -> None:
+        self.beat()  # at once: setting up a big job can take a while
         while not self._halt.wait(self.interval):
             self.beat()
 

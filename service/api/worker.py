@@ -37,7 +37,8 @@ async def claim(body: s.ClaimRequest, request: Request, sessions: SessionsDep, s
     deadline = loop.time() + body.wait_seconds
     doorbell = request.app.state.doorbell
     while True:
-        if await request.is_disconnected():  # never lease a job to a worker that already hung up
+        # Never lease a job to a worker that hung up; let a service that is stopping stop.
+        if request.app.state.draining or await request.is_disconnected():
             return Response(status_code=204)
         lease = await run_in_threadpool(claim_once)
         if lease is not None:

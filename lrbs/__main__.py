@@ -1,0 +1,3 @@
+from lrbs.cli import main
+
+main()

@@ -1,0 +1,151 @@
+"""A real uvicorn server, real worker processes and real PyTorch: what a user sees over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from tests.conftest import MINIMAL_SPEC, WORKER_TOKEN
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str], log_path):
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, *args], env={**os.environ, **env}, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextmanager
+def service(database_url: str, tmp_path, workers: int = 1, **settings: str):
+    """`lrbs serve` on a free port; yields an httpx client pointed at it."""
+    port = free_port()
+    env = {"LRBS_DATABASE_URL": database_url, "LRBS_WORKER_TOKEN": WORKER_TOKEN, "LRBS_AUTO_MIGRATE": "1",
+           **{f"LRBS_{k.upper()}": v for k, v in settings.items()}}
+    args = ["-m", "lrbs", "serve", "--port", str(port), "--workers", str(workers)]
+    with process(args, env, tmp_path / "service.log") as proc, httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", timeout=30
+    ) as http:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "service.log").read_text()
+            try:
+                if http.get("/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the service did not come up"
+            time.sleep(0.2)
+        http.port = port
+        yield http
+
+
+def worker(port: int, tmp_path, name: str):
+    args = ["-m", "worker", "--url", f"http://127.0.0.1:{port}", "--worker-id", name, "--wait", "5"]
+    return process(args, {"LRBS_WORKER_TOKEN": WORKER_TOKEN}, tmp_path / f"{name}.log")
+
+
+def wait_for(http: httpx.Client, job_id: str, states=("succeeded", "failed", "cancelled"), timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = http.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {job['state']} after {timeout} s: {job}")
+
+
+def wait_for_progress(http: httpx.Client, job_id: str) -> None:
+    """Until the worker has reported range-test steps: the job is really under way."""
+    wait_for(http, job_id, states=("running",))
+    while http.get(f"/v1/jobs/{job_id}").json()["progress"]["step"] == 0:
+        time.sleep(0.1)
+
+
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/lrbs.db"
+
+
+def test_default_spec_gets_a_recommendation_in_the_falling_region_and_survives_a_restart(tmp_path):
+    url = sqlite_url(tmp_path)
+    with service(url, tmp_path) as http:
+        r = http.post("/v1/jobs", json=MINIMAL_SPEC)
+        assert r.status_code == 202
+        job = wait_for(http, r.json()["id"])
+    assert job["state"] == "succeeded", job
+    result = job["result"]
+    rec = result["recommendation"]
+    assert rec["schedule"] == "one_cycle" and rec["max_lr"] == rec["lr"]
+    assert rec["base_lr"] == pytest.approx(rec["lr"] / rec["div_factor"])
+    curve = result["curve"]
+    lrs, smoothed = curve["lr"], curve["smoothed_loss"]
+    i = min(range(len(lrs)), key=lambda k: abs(lrs[k] - rec["lr"]))
+    lowest = smoothed.index(min(smoothed))
+    # falling region: below where the curve started, and at or before its minimum
+    assert smoothed[i] < smoothed[0] and i <= lowest, (rec, lrs[lowest])
+    assert set(result["suggestions"]) == {"steepest", "valley", "minimum", "slide"}
+    assert result["environment"]["device"] == "cpu"
+
+    with service(url, tmp_path, workers=0) as http:  # a restart keeps every job and result
+        assert http.get(f"/v1/jobs/{job['id']}").json() == job
+
+
+def test_cancel_a_running_job(tmp_path):
+    long_job = {**MINIMAL_SPEC, "model": {"name": "mlp", "params": {"hidden": [512, 512]}},
+                "lr_range": {"num_steps": 10_000, "max_lr": 1e-3}}
+    with service(sqlite_url(tmp_path), tmp_path) as http:
+        job_id = http.post("/v1/jobs", json=long_job).json()["id"]
+        wait_for_progress(http, job_id)
+        assert http.post(f"/v1/jobs/{job_id}:cancel").json()["cancel_requested"] is True
+        job = wait_for(http, job_id)
+    assert job["state"] == "cancelled" and job["progress"]["step"] < 10_000
+
+
+def test_two_workers_never_run_the_same_job(database_url, tmp_path):
+    with service(database_url, tmp_path, workers=0) as http, worker(http.port, tmp_path, "a"), \
+            worker(http.port, tmp_path, "b"):
+        ids = [http.post("/v1/jobs", json={**MINIMAL_SPEC, "seed": i}).json()["id"] for i in range(6)]
+        jobs = [wait_for(http, job_id) for job_id in ids]
+    assert all(j["state"] == "succeeded" for j in jobs), jobs
+    assert all(j["attempts"] == 1 for j in jobs)  # claimed exactly once each
+    assert {j["worker_id"] for j in jobs} <= {"a", "b"}
+
+
+def test_a_killed_worker_loses_no_job(tmp_path):
+    slow = {**MINIMAL_SPEC, "model": {"name": "mlp", "params": {"hidden": [256, 256]}},
+            "lr_range": {"num_steps": 2000, "max_lr": 1e-3, "batch_size": 32}}
+    with service(sqlite_url(tmp_path), tmp_path, workers=0, lease_seconds="3",
+                 reap_interval_seconds="0.5") as http:
+        with worker(http.port, tmp_path, "doomed") as doomed:
+            job_id = http.post("/v1/jobs", json=slow).json()["id"]
+            wait_for_progress(http, job_id)
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait()
+        with worker(http.port, tmp_path, "rescuer"):
+            job = wait_for(http, job_id, timeout=180)
+    assert job["state"] == "succeeded" and job["attempts"] == 2 and job["worker_id"] == "rescuer"

@@ -1,0 +1,296 @@
+"""The LR range test on tiny real PyTorch models (CPU, seeded)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from worker.probes.lr_range import lr_range_test, lr_schedule
+
+CE = nn.functional.cross_entropy
+
+
+def make_batches(n_batches: int = 4, batch_size: int = 32, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
+    """Two Gaussian blobs per class, 3 classes, 8 features: easy, learnable, deterministic."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(3, 8, generator=g) * 2
+    batches = []
+    for _ in range(n_batches):
+        y = torch.randint(0, 3, (batch_size,), generator=g)
+        x = centers[y] + torch.randn(batch_size, 8, generator=g)
+        batches.append((x, y))
+    return batches
+
+
+def make_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def warmed_up(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer, list]:
+    """Model + SGD with momentum after a few real steps, so momentum buffers and BN stats are non-trivial."""
+    model = make_model(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    batches = make_batches()
+    for x, y in batches:
+        opt.zero_grad()
+        CE(model(x), y).backward()
+        opt.step()
+    return model, opt, batches
+
+
+class ScriptedLoss:
+    """Returns the given loss values in order (the gradient is zero, the model still runs)."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = values
+        self.calls = 0
+
+    def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        value = self.values[min(self.calls, len(self.values) - 1)]
+        self.calls += 1
+        return out.sum() * 0 + value
+
+
+class NanAtCall:
+    """Cross-entropy that turns NaN from call `k` (0-based) on."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.calls = 0
+
+    def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = CE(out, y)
+        self.calls += 1
+        return loss * math.nan if self.calls > self.k else loss
+
+
+# --- lr_schedule -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["exponential", "linear"])
+def test_schedule_hits_both_endpoints_and_increases(mode: str) -> None:
+    lrs = lr_schedule(1e-6, 3.0, 50, mode)
+    assert len(lrs) == 50
+    assert lrs[0] == 1e-6 and lrs[-1] == 3.0
+    assert all(a < b for a, b in zip(lrs, lrs[1:], strict=False))
+
+
+def test_exponential_schedule_is_geometric_and_linear_is_even() -> None:
+    exp = lr_schedule(1e-4, 1.0, 5, "exponential")
+    assert exp == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    lin = lr_schedule(0.1, 0.5, 5, "linear")
+    assert lin == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (0.0, 1.0, 10, "exponential"),
+        (1.0, 0.1, 10, "linear"),
+        (1e-3, 1.0, 1, "linear"),
+        (1e-3, 1.0, 10, "cos"),
+    ],
+)
+def test_schedule_rejects_bad_arguments(args: tuple) -> None:
+    with pytest.raises(ValueError):
+        lr_schedule(*args)
+
+
+# --- the caller's model and optimizer are left alone ---------------------------------------------
+
+
+def snapshot(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
+    return {
+        "model": copy.deepcopy(model.state_dict()),  # parameters and buffers (BN running stats, counters)
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "opt": copy.deepcopy(opt.state_dict()),
+        "lrs": [g["lr"] for g in opt.param_groups],
+        "training": model.training,
+    }
+
+
+def assert_unchanged(before: dict, model: nn.Module, opt: torch.optim.Optimizer) -> None:
+    after = snapshot(model, opt)
+    assert before["model"].keys() == after["model"].keys()
+    for name, tensor in before["model"].items():
+        assert torch.equal(tensor, after["model"][name]), name
+    for g0, g1 in zip(before["grads"], after["grads"], strict=True):
+        assert (g0 is None and g1 is None) or torch.equal(g0, g1)
+    assert before["opt"]["state"].keys() == after["opt"]["state"].keys()
+    for idx, state in before["opt"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], after["opt"]["state"][idx]["momentum_buffer"])
+    assert before["opt"]["param_groups"] == after["opt"]["param_groups"]
+    assert before["lrs"] == after["lrs"] == [0.05]
+    assert before["training"] == model.training
+
+
+def test_caller_state_is_untouched_after_a_run() -> None:
+    model, opt, batches = warmed_up()
+    assert len(opt.state) == 6  # momentum buffers exist, so the check below means something
+    before = snapshot(model, opt)
+    result = lr_range_test(model, CE, opt, batches, min_lr=1e-4, max_lr=50.0, num_steps=40)
+    assert result.steps_run > 0
+    assert_unchanged(before, model, opt)
+
+
+def test_caller_state_is_untouched_when_on_progress_aborts() -> None:
+    model, opt, batches = warmed_up()
+    before = snapshot(model, opt)
+
+    def cancel(step_done: int, total: int) -> None:
+        raise KeyboardInterrupt("cancelled")
+
+    with pytest.raises(KeyboardInterrupt):
+        lr_range_test(model, CE, opt, batches, num_steps=30, check_every=5, on_progress=cancel)
+    assert_unchanged(before, model, opt)
+
+
+def test_probe_continues_from_the_callers_optimizer_state() -> None:
+    """Step 1's loss must reflect a first step that used the caller's momentum buffers."""
+    model, opt, batches = warmed_up()
+    result = lr_range_test(model, CE, opt, batches, min_lr=1e-2, max_lr=1.0, num_steps=10)
+
+    by_hand_model, by_hand_opt = copy.deepcopy((model, opt))  # one deepcopy keeps params and state linked
+    by_hand_opt.param_groups[0]["lr"] = result.lrs[0]
+    (x0, y0), (x1, y1) = batches[0], batches[1]
+    by_hand_opt.zero_grad(set_to_none=True)
+    CE(by_hand_model(x0), y0).backward()
+    by_hand_opt.step()
+    assert result.losses[1] == CE(by_hand_model(x1), y1).item()
+
+    # Without the momentum buffers the step (and so the loss) differs: the comparison above is not vacuous.
+    by_hand_model, by_hand_opt = copy.deepcopy((model, opt))
+    by_hand_opt.state.clear()
+    by_hand_opt.param_groups[0]["lr"] = result.lrs[0]
+    by_hand_opt.zero_grad(set_to_none=True)
+    CE(by_hand_model(x0), y0).backward()
+    by_hand_opt.step()
+    assert result.losses[1] != CE(by_hand_model(x1), y1).item()
+
+
+# --- stopping ---------------------------------------------------------------------------------------
+
+
+def test_large_max_lr_stops_early() -> None:
+    model, opt, batches = warmed_up()
+    result = lr_range_test(model, CE, opt, batches, min_lr=1e-3, max_lr=100.0, num_steps=100)
+    assert result.stop_reason in ("diverged", "non_finite")
+    assert result.stopped_at is not None and result.stopped_at < 100
+    assert all(math.isfinite(v) for v in result.losses + result.smoothed)
+    assert result.lrs == lr_schedule(1e-3, 100.0, 100)[: len(result.lrs)]
+
+
+def test_small_max_lr_completes() -> None:
+    model, opt, batches = warmed_up()
+    result = lr_range_test(model, CE, opt, batches, min_lr=1e-5, max_lr=1e-2, num_steps=25)
+    assert (result.stop_reason, result.stopped_at, result.steps_run) == ("completed", None, 25)
+    assert len(result.lrs) == len(result.losses) == len(result.smoothed) == 25
+    assert result.wall_time_s > 0
+
+
+def test_nan_loss_stops_with_non_finite_and_a_clean_curve() -> None:
+    k = 13
+    model, opt, batches = warmed_up()
+    result = lr_range_test(
+        model, NanAtCall(k), opt, batches, min_lr=1e-4, max_lr=1e-2, num_steps=50, check_every=10
+    )
+    assert (result.stop_reason, result.stopped_at) == ("non_finite", k)
+    assert len(result.lrs) == len(result.losses) == len(result.smoothed) == k
+    assert not any(math.isnan(v) for v in result.losses + result.smoothed)
+    assert result.steps_run == 20  # the stop is seen at the end of the chunk holding step 13
+
+
+def test_smoothed_is_the_debiased_ema() -> None:
+    model, opt, batches = warmed_up()
+    result = lr_range_test(
+        model,
+        ScriptedLoss([4.0, 2.0, 1.0]),
+        opt,
+        batches,
+        num_steps=3,
+        smoothing=0.5,
+        diverge_factor=math.inf,
+    )
+    # avg: 0.5*0 + 0.5*4 = 2     -> 2 / (1 - 0.5)   = 4
+    #      0.5*2 + 0.5*2 = 2     -> 2 / (1 - 0.25)  = 8/3
+    #      0.5*2 + 0.5*1 = 1.5   -> 1.5 / (1 - 0.125) = 12/7
+    assert result.losses == [4.0, 2.0, 1.0]
+    assert result.smoothed == pytest.approx([4.0, 8 / 3, 12 / 7])
+
+
+def test_no_smoothing_gives_the_raw_losses() -> None:
+    model, opt, batches = warmed_up()
+    result = lr_range_test(model, CE, opt, batches, num_steps=12, max_lr=1e-2, smoothing=0.0)
+    assert result.smoothed == result.losses
+
+
+def test_divergence_inside_a_chunk_is_caught_at_the_same_step() -> None:
+    # Raw losses (no smoothing) jump past 4 x best at step 10, the 4th step of the chunk 7..13.
+    script = [1.0] * 10 + [5.0] * 30
+    results = {}
+    for check_every in (1, 7):
+        model, opt, batches = warmed_up()
+        results[check_every] = lr_range_test(
+            model, ScriptedLoss(script), opt, batches, num_steps=30, smoothing=0.0, check_every=check_every
+        )
+    for result in results.values():
+        assert (result.stop_reason, result.stopped_at) == ("diverged", 10)
+        assert result.losses == script[:11]  # the diverging step is part of the curve
+    assert results[1].steps_run == 11
+    assert results[7].steps_run == 14
+
+
+def test_real_divergence_index_does_not_depend_on_check_every() -> None:
+    runs = []
+    for check_every in (1, 7):
+        model, opt, batches = warmed_up()
+        runs.append(
+            lr_range_test(model, CE, opt, batches, min_lr=1e-3, max_lr=100.0, check_every=check_every)
+        )
+    assert runs[0].stopped_at is not None
+    assert (runs[0].stopped_at + 1) % 7 != 0  # the stop falls inside a chunk of 7, not on its edge
+    assert (runs[0].stop_reason, runs[0].stopped_at) == (runs[1].stop_reason, runs[1].stopped_at)
+    assert runs[0].losses == runs[1].losses
+
+
+# --- progress and determinism -----------------------------------------------------------------------
+
+
+def test_on_progress_reports_increasing_steps_ending_at_steps_run() -> None:
+    model, opt, batches = warmed_up()
+    calls: list[tuple[int, int]] = []
+    result = lr_range_test(
+        model,
+        CE,
+        opt,
+        batches,
+        max_lr=1e-2,
+        num_steps=23,
+        check_every=5,
+        on_progress=lambda done, total: calls.append((done, total)),
+    )
+    assert calls == [(5, 23), (10, 23), (15, 23), (20, 23), (23, 23)]
+    assert calls[-1][0] == result.steps_run
+
+
+def test_curve_does_not_depend_on_check_every() -> None:
+    curves = []
+    for check_every in (1, 100):
+        model, opt, batches = warmed_up(seed=3)
+        result = lr_range_test(
+            model, CE, opt, batches, min_lr=1e-4, max_lr=1.0, num_steps=60, check_every=check_every
+        )
+        assert result.stop_reason == "completed"
+        curves.append((result.lrs, result.losses, result.smoothed))
+    assert curves[0] == curves[1]
+
+
+def test_batches_must_be_re_iterable() -> None:
+    model, opt, batches = warmed_up()
+    with pytest.raises(ValueError, match="re-iterable"):
+        lr_range_test(model, CE, opt, iter(batches), num_steps=10, max_lr=1e-2)

@@ -1,0 +1,238 @@
+"""Tests for the LR suggestion rules in worker/suggest.py, on hand-made range-test curves."""
+
+import math
+
+import numpy as np
+import pytest
+
+from worker.suggest import RULES, Choice, Suggestion, choose, minimum, slide, steepest, suggest_all, valley
+
+FALL_LOW, FALL_HIGH = 1e-4, 1e-2  # where the synthetic loss falls steeply
+
+
+def range_curve(n: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Exponential sweep 1e-7..10: flat near 2.3, falls to ~0.3 between 1e-4 and 1e-2, then explodes.
+
+    The flat part still creeps down by a hair (a sigmoid never quite levels), as real curves do.
+    """
+    lrs = np.logspace(-7, 1, n)
+    x = np.log10(lrs)
+    loss = 2.3 - 2.0 / (1 + np.exp(-(x + 3) / 0.3)) + 0.05 * np.exp(5 * (x + 1.5))
+    return lrs, loss
+
+
+def cut_at_divergence(lrs: np.ndarray, loss: np.ndarray, factor: float = 4.0):
+    """Keep the curve up to and including the first point above factor × best, as the probe stops."""
+    stop = int(np.argmax(loss > factor * np.minimum.accumulate(loss)))
+    return lrs[: stop + 1], loss[: stop + 1]
+
+
+def assert_in_fall(s: Suggestion) -> None:
+    assert s.lr is not None, s.reason
+    assert FALL_LOW <= s.lr <= FALL_HIGH, (s.lr, s.reason)
+    assert s.reason
+
+
+def assert_no_answer(s: Suggestion) -> None:
+    assert s.lr is None and s.index is None
+    assert isinstance(s.reason, str) and s.reason.strip()
+
+
+# --- curves with known answers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [40, 100, 400])
+@pytest.mark.parametrize("name", ["steepest", "valley", "slide"])
+def test_rules_land_in_the_falling_region(name, n):
+    lrs, loss = range_curve(n)
+    s = RULES[name](lrs, loss)
+    assert_in_fall(s)
+    assert s.lr == lrs[s.index]
+
+
+def test_steepest_uses_log_lr():
+    # Against raw LR the creeping flat part at 1e-7 would win (Lightning #21141); against log LR the
+    # steepest point is the sigmoid's centre, 1e-3.
+    lrs, loss = range_curve()
+    s = steepest(lrs, loss)
+    assert 10**-3.2 <= s.lr <= 10**-2.8
+
+
+def test_minimum_is_a_tenth_of_the_lr_at_the_lowest_loss():
+    lrs, loss = range_curve()
+    s = minimum(lrs, loss)
+    at_min = int(np.argmin(loss))
+    assert s.index == at_min
+    assert s.lr == pytest.approx(lrs[at_min] / 10)
+
+
+def test_rules_on_a_curve_stopped_at_divergence():
+    lrs, loss = cut_at_divergence(*range_curve())
+    assert len(lrs) < 100  # the cut happened
+    for name in ("steepest", "valley", "slide"):
+        assert_in_fall(RULES[name](lrs, loss))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_noisy_curve_still_lands_in_the_falling_region(seed):
+    lrs, loss = range_curve()
+    noisy = loss + np.random.default_rng(seed).normal(0, 0.02, loss.shape)
+    for name in ("steepest", "valley", "slide"):
+        assert_in_fall(RULES[name](lrs, noisy))
+    assert minimum(lrs, noisy).index == int(np.argmin(noisy))
+
+
+@pytest.mark.parametrize(("scale", "shift"), [(1000.0, 0.0), (0.001, 0.0), (1.0, 5.0), (1000.0, -3000.0)])
+def test_rules_ignore_the_loss_scale_and_offset(scale, shift):
+    lrs, loss = range_curve()
+    plain = suggest_all(lrs, loss)
+    moved = suggest_all(lrs, loss * scale + shift)
+    for name in RULES:
+        assert plain[name].lr is not None
+        assert moved[name].index == plain[name].index, name
+        assert moved[name].lr == pytest.approx(plain[name].lr), name
+
+
+def test_slide_ignores_the_loss_scale_on_a_noisy_stopped_curve():
+    lrs, loss = cut_at_divergence(*range_curve())
+    loss = loss + np.random.default_rng(7).normal(0, 0.02, loss.shape)
+    assert slide(lrs, loss * 1000).index == slide(lrs, loss).index
+    assert slide(lrs, loss).lr is not None
+
+
+def test_valley_is_not_stretched_by_the_creeping_flat_part():
+    # fastai's strict "smaller than" would start the valley at the first point and pick ~1e-5.
+    lrs, loss = range_curve()
+    s = valley(lrs, loss)
+    assert s.lr > 10**-3.5
+
+
+def test_lists_work_like_arrays():
+    lrs, loss = range_curve()
+    from_lists = suggest_all(lrs.tolist(), loss.tolist())
+    assert from_lists == suggest_all(lrs, loss)
+
+
+def test_nan_late_in_the_curve_cuts_it_there():
+    lrs, loss = range_curve()
+    loss[70:] = np.nan  # a blow-up after the minimum at 65
+    loss[80] = 1.0  # a finite point after the NaN must not be used
+    for name, s in suggest_all(lrs, loss).items():
+        assert s.lr is not None, (name, s.reason)
+        assert s.index < 70
+        assert "cut at index 70" in s.reason
+
+
+def test_minimum_says_when_the_loss_was_still_falling():
+    lrs = np.logspace(-5, 0, 50)
+    s = minimum(lrs, np.linspace(2.0, 1.0, 50))
+    assert s.index == 49
+    assert s.lr == pytest.approx(0.1)
+    assert "still falling" in s.reason
+
+
+# --- curves no rule can read --------------------------------------------------------------------
+
+
+def _pathological():
+    lrs, loss = range_curve()
+    nan3 = loss.copy()
+    nan3[3] = np.nan
+    inf_lr = lrs.copy()
+    inf_lr[2] = np.inf
+    return {
+        "empty": ([], []),
+        "single point": ([1e-3], [1.0]),
+        "two points": ([1e-3, 1e-2], [1.0, 0.5]),
+        "three points": ([1e-3, 1e-2, 1e-1], [1.0, 0.5, 2.0]),
+        "five points": (list(lrs[::20]), list(loss[::20])),
+        "flat": (lrs, np.full(100, 2.3)),
+        "flat within 1%": (lrs, 2.3 - 0.01 * np.linspace(0, 1, 100)),
+        "all rising": (lrs, np.linspace(1.0, 5.0, 100)),
+        "rising exponentially": (lrs, np.exp(np.linspace(0, 5, 100))),
+        "NaN at step 3": (lrs, nan3),
+        "inf at step 0": (lrs, np.r_[np.inf, loss[1:]]),
+        "inf lr at step 2": (inf_lr, loss),
+        "all NaN": (lrs, np.full(100, np.nan)),
+        "mismatched lengths": (lrs, loss[:50]),
+        "zero lr": (np.r_[0.0, lrs[1:]], loss),
+        "negative lrs": (-lrs, loss),
+        "lrs not increasing": (lrs[::-1], loss),
+        "2-d": (np.tile(lrs, (2, 1)), np.tile(loss, (2, 1))),
+        "scalars": (1e-3, 1.0),
+        "None": (None, None),
+        "strings": (["a", "b"], ["c", "d"]),
+    }
+
+
+@pytest.mark.parametrize("case", list(_pathological()))
+@pytest.mark.parametrize("name", list(RULES))
+def test_unreadable_curves_give_no_answer_and_a_reason(name, case):
+    lrs, loss = _pathological()[case]
+    assert_no_answer(RULES[name](lrs, loss))
+
+
+def test_flat_curve_says_the_loss_never_fell():
+    lrs, _ = range_curve()
+    for s in suggest_all(lrs, np.full(100, 2.3)).values():
+        assert "never fell" in s.reason
+
+
+def test_short_curve_says_how_many_points():
+    s = valley([1e-3, 1e-2, 1e-1], [1.0, 0.5, 2.0])
+    assert "3" in s.reason
+
+
+def test_mismatched_lengths_say_so():
+    s = steepest([1e-3, 1e-2], [1.0])
+    assert "length" in s.reason
+
+
+# --- choose -------------------------------------------------------------------------------------
+
+
+def _s(lr: float | None, reason: str = "because") -> Suggestion:
+    return Suggestion(lr=lr, index=None if lr is None else 0, reason=reason)
+
+
+def test_choose_prefers_valley():
+    c = choose({"steepest": _s(1e-3), "valley": _s(2e-3), "minimum": _s(3e-3), "slide": _s(4e-3)}, "constant")
+    assert c == Choice(lr=2e-3, rule="valley", reason=c.reason)
+    assert "valley" in c.reason
+
+
+@pytest.mark.parametrize(
+    ("answers", "rule"),
+    [
+        ({"valley": None, "steepest": 1e-3, "minimum": 3e-3, "slide": 4e-3}, "steepest"),
+        ({"valley": None, "steepest": None, "minimum": 3e-3, "slide": 4e-3}, "minimum"),
+        ({"valley": None, "steepest": None, "minimum": None, "slide": 4e-3}, "slide"),
+    ],
+)
+def test_choose_falls_back_in_order(answers, rule):
+    c = choose({name: _s(lr) for name, lr in answers.items()}, "constant")
+    assert c.rule == rule
+    assert c.lr == answers[rule]
+
+
+def test_choose_names_the_one_cycle_peak():
+    c = choose({"valley": _s(2e-3)}, "one_cycle")
+    assert c.lr == 2e-3
+    assert "max_lr" in c.reason
+
+
+def test_choose_with_no_answer_lists_every_reason():
+    suggestions = {name: _s(None, f"{name} could not") for name in RULES}
+    c = choose(suggestions, "one_cycle")
+    assert c.lr is None and c.rule == "none"
+    for name in RULES:
+        assert f"{name} could not" in c.reason
+
+
+def test_choose_on_real_suggestions():
+    lrs, loss = range_curve()
+    c = choose(suggest_all(lrs, loss), "one_cycle")
+    assert c.rule == "valley"
+    assert c.lr == valley(lrs, loss).lr and math.isfinite(c.lr)
+    nothing = choose(suggest_all([], []), "one_cycle")
+    assert nothing.lr is None and nothing.rule == "none"

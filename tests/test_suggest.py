@@ -113,10 +113,14 @@ def test_lists_work_like_arrays():
     assert from_lists == suggest_all(lrs, loss)
 
 
-def test_nan_late_in_the_curve_cuts_it_there():
+@pytest.mark.parametrize("where", ["loss", "lr"])
+def test_nan_late_in_the_curve_cuts_it_there(where):
     lrs, loss = range_curve()
-    loss[70:] = np.nan  # a blow-up after the minimum at 65
-    loss[80] = 1.0  # a finite point after the NaN must not be used
+    if where == "loss":
+        loss[70:] = np.nan  # a blow-up after the minimum at 65
+        loss[80] = 1.0  # a finite point after the NaN must not be used
+    else:
+        lrs[70] = np.nan
     for name, s in suggest_all(lrs, loss).items():
         assert s.lr is not None, (name, s.reason)
         assert s.index < 70

@@ -127,8 +127,7 @@ def steepest(lrs: ArrayLike, smoothed: ArrayLike) -> Suggestion:
     return Suggestion(
         lr=float(curve.lrs[idx]),
         index=idx,
-        reason=f"the smoothed loss falls fastest against log LR here (points {head}..{stop - 1} searched)"
-        + curve.note,
+        reason=f"the smoothed loss falls fastest against log LR here (points {head}..{stop - 1})" + curve.note,
     )
 
 

@@ -15,6 +15,7 @@ back once every `check_every` steps; smoothing and the stop rules run on the hos
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -164,7 +165,9 @@ def _copy_for_probe(
             raise ValueError(f"optimizer holds {len(missing)} parameter(s) that are not in the model")
         hyper = {k: v for k, v in group.items() if k != "params"}
         groups.append({**hyper, "params": [twin[id(p)] for p in group["params"]]})
-    optimizer_copy = type(optimizer)(groups, **optimizer.defaults)
+    # `defaults` can hold keys the constructor does not take (AdamW's decoupled_weight_decay).
+    accepted = inspect.signature(type(optimizer)).parameters
+    optimizer_copy = type(optimizer)(groups, **{k: v for k, v in optimizer.defaults.items() if k in accepted})
     # state_dict() hands out the caller's own state tensors and load_state_dict may keep them: copy first.
     optimizer_copy.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     return model_copy, optimizer_copy

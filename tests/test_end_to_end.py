@@ -149,3 +149,25 @@ def test_a_killed_worker_loses_no_job(tmp_path):
         with worker(http.port, tmp_path, "rescuer"):
             job = wait_for(http, job_id, timeout=180)
     assert job["state"] == "succeeded" and job["attempts"] == 2 and job["worker_id"] == "rescuer"
+
+
+SLOW_JOB = {**MINIMAL_SPEC, "model": {"name": "mlp", "params": {"hidden": [256, 256]}},
+            "lr_range": {"num_steps": 5000, "max_lr": 1e-3, "batch_size": 32}}
+
+
+def test_sigterm_hands_the_running_job_back(tmp_path):
+    with service(sqlite_url(tmp_path), tmp_path, workers=0) as http:
+        with worker(http.port, tmp_path, "leaving") as leaving:
+            job_id = http.post("/v1/jobs", json=SLOW_JOB).json()["id"]
+            wait_for_progress(http, job_id)
+            leaving.send_signal(signal.SIGTERM)
+            assert leaving.wait(timeout=30) == 0
+        job = http.get(f"/v1/jobs/{job_id}").json()
+    assert job["state"] == "queued" and job["attempts"] == 1  # back in the queue for the next worker
+    assert "shut down" in job["error"]["message"]
+
+
+def test_a_job_past_the_run_time_limit_fails_with_the_setting_named(tmp_path):
+    with service(sqlite_url(tmp_path), tmp_path, max_run_seconds="1") as http:
+        job = wait_for(http, http.post("/v1/jobs", json=SLOW_JOB).json()["id"])
+    assert job["state"] == "failed" and "LRBS_MAX_RUN_SECONDS" in job["error"]["message"]

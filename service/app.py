@@ -6,13 +6,14 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager, suppress
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 import lrbs
 from service import db, queue
-from service.api import health, jobs, worker
-from service.errors import install_handlers
+from service.api import datasets, health, jobs, worker, workers
+from service.datasets import too_large
+from service.errors import install_handlers, problem_response
 from service.settings import Settings
 
 log = logging.getLogger("lrbs.service")
@@ -90,7 +91,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.draining = False  # set on shutdown so long-polls end instead of holding it up
     install_handlers(app)
-    app.include_router(jobs.router)
-    app.include_router(worker.router)
-    app.include_router(health.router)
+
+    @app.middleware("http")
+    async def refuse_oversized_uploads(request: Request, call_next):
+        """Answer 413 from Content-Length, before a byte of an oversized upload is read."""
+        if request.method == "POST" and request.url.path == "/v1/datasets":
+            length = request.headers.get("content-length", "")
+            slack = 1 << 20  # multipart headers and the form field around the file
+            if length.isdigit() and int(length) > settings.max_upload_mb * (1 << 20) + slack:
+                return problem_response(request, 413, "Content too large", too_large(settings), "too-large")
+        return await call_next(request)
+
+    for module in (jobs, datasets, workers, worker, health):
+        app.include_router(module.router)
     return app

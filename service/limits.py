@@ -20,7 +20,9 @@ def check_limits(spec: JobSpec, settings: Settings) -> None:
     for i, size in enumerate(spec.batch_sizes or []):
         over(f"batch_sizes.{i}", size, settings.max_batch_size, "MAX_BATCH_SIZE")
     over("batch_sizes", len(spec.batch_sizes or []), settings.max_batch_candidates, "MAX_BATCH_CANDIDATES")
-    over("dataset.params.n_samples", spec.dataset.params.n_samples, settings.max_samples, "MAX_SAMPLES")
+    n_samples = getattr(getattr(spec.dataset, "params", None), "n_samples", None)  # generated built-ins only
+    if isinstance(n_samples, int):
+        over("dataset.params.n_samples", n_samples, settings.max_samples, "MAX_SAMPLES")
     if errors:
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         raise Unprocessable(detail, errors=errors)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Index, MetaData, String, TypeDecorator
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, MetaData, String, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -55,8 +55,42 @@ class Job(Base):
     lease_token: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[float | None] = mapped_column(Float)  # Unix seconds, database clock
     worker_id: Mapped[str | None] = mapped_column(String(200))
+    # Set for jobs on an uploaded dataset, so a dataset in use cannot be deleted.
+    dataset_id: Mapped[str | None] = mapped_column(String(80), ForeignKey("datasets.id", ondelete="SET NULL"))
 
     __table_args__ = (
         Index("ix_jobs_created", "created_at", "id"),
         Index("ix_jobs_state_created", "state", "created_at", "id"),
+        Index("ix_jobs_dataset_state", "dataset_id", "state"),
     )
+
+
+class Dataset(Base):
+    """An uploaded dataset. Its id derives from the sha256 of the uploaded bytes: same bytes, same id."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    data_sha256: Mapped[str] = mapped_column(String(64))  # of the canonical .npz workers download
+    filename: Mapped[str] = mapped_column(String(300))
+    format: Mapped[str] = mapped_column(String(16))
+    target_column: Mapped[str | None] = mapped_column(String(300))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    shapes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    dtypes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    shape: Mapped[dict[str, Any]] = mapped_column(JSON)  # spec.DataShape: task, input_shape, num_outputs
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_datasets_created", "created_at", "id"),)
+
+
+class Worker(Base):
+    """A worker that has connected: what it can run, and when it was last heard from."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)

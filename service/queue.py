@@ -10,19 +10,18 @@ lost its lease (expired, requeued, claimed by another) cannot write a result. De
 
 from __future__ import annotations
 
-import base64
-import json
 import secrets
 import time
 from datetime import UTC, datetime
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service import spec as s
 from service.db import epoch_now
-from service.errors import Conflict, LeaseLost, NotFound, Problem
+from service.errors import Conflict, LeaseLost, NotFound
 from service.models import Job
+from service.pagination import newest_first
 from service.settings import Settings
 
 
@@ -43,7 +42,7 @@ def progress(phase: str, step: int = 0, total: int = 0) -> dict:
 # --------------------------------------------------------------------------------------- user actions
 
 
-def submit(session: Session, spec: s.JobSpec, settings: Settings) -> Job:
+def submit(session: Session, spec: s.JobSpec, settings: Settings, dataset_id: str | None = None) -> Job:
     now = utcnow()
     job = Job(
         id=new_job_id(),
@@ -55,6 +54,7 @@ def submit(session: Session, spec: s.JobSpec, settings: Settings) -> Job:
         attempts=0,
         max_attempts=settings.max_attempts,
         cancel_requested=False,
+        dataset_id=dataset_id,
     )
     session.add(job)
     session.flush()
@@ -92,38 +92,13 @@ def cancel(session: Session, job_id: str) -> Job:
     return job
 
 
-def encode_page_token(job: Job) -> str:
-    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_page_token(token: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        created, job_id = json.loads(raw)
-        return datetime.fromisoformat(created), str(job_id)
-    except (ValueError, TypeError) as exc:
-        raise Problem(
-            "page_token is not one this API issued; pass next_page_token from the previous page"
-        ) from exc
-
-
 def list_jobs(
     session: Session, state: str | None, page_size: int, page_token: str | None
 ) -> tuple[list[Job], str | None]:
-    """Newest first, keyset-paginated on (created_at, id): stable while jobs are being added."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(page_size + 1)
+    query = select(Job)
     if state is not None:
         query = query.where(Job.state == state)
-    if page_token:
-        created, last_id = decode_page_token(page_token)
-        query = query.where(
-            or_(Job.created_at < created, (Job.created_at == created) & (Job.id < last_id))
-        )
-    jobs = list(session.scalars(query))
-    if len(jobs) > page_size:
-        return jobs[:page_size], encode_page_token(jobs[page_size - 1])
-    return jobs, None
+    return newest_first(session, query, Job, page_size, page_token)
 
 
 # ------------------------------------------------------------------------------------- worker actions

@@ -1,5 +1,7 @@
 """All service settings, read from LRBS_* environment variables (or passed in tests)."""
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -14,6 +16,7 @@ class Settings(BaseSettings):
     auto_migrate: bool | None = Field(
         None, description="Apply migrations at start-up. Default: yes on SQLite, no on PostgreSQL."
     )
+    data_dir: Path = Field(Path("./lrbs-data"), description="Uploaded datasets live here (share it between replicas).")
     worker_token: str | None = Field(
         None, description="Bearer token workers present. `lrbs serve` generates one when unset."
     )
@@ -31,3 +34,5 @@ class Settings(BaseSettings):
     max_batch_candidates: int = Field(32, gt=0)
     max_samples: int = Field(1_000_000, gt=0, description="Largest built-in dataset a job may generate.")
     max_page_size: int = Field(200, gt=0)
+    max_upload_mb: float = Field(512, gt=0, description="Largest dataset upload, in MiB.")
+    worker_online_seconds: float = Field(90.0, gt=0, description="A worker not heard from this long is offline.")

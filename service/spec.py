@@ -7,17 +7,47 @@ the only torch import (to check optimizer keywords against the real signature) i
 from __future__ import annotations
 
 import inspect
+import math
 from datetime import datetime
 from functools import cache
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PositiveInt,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 
 class Strict(BaseModel):
     """Unknown fields are rejected everywhere: a typo must not silently fall back to a default."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def _source(value: Any) -> str:
+    """Discriminates the members of a union on `source`, which defaults to builtin."""
+    if isinstance(value, dict):
+        return value.get("source", "builtin")
+    return getattr(value, "source", "builtin")
+
+
+PLUGIN_NAME = r"^([A-Za-z_][\w.]*:[A-Za-z_]\w*|[A-Za-z0-9_][\w.\-]*)$"
+
+
+class PluginRef(Strict):
+    """Code installed on the worker: `package.module:callable`, or an entry-point name registered under
+    lrbs.models, lrbs.datasets, lrbs.losses or lrbs.optimizers. A worker imports it only if its operator
+    allow-listed the module (LRBS_PLUGIN_MODULES)."""
+
+    source: Literal["plugin"]
+    name: str = Field(pattern=PLUGIN_NAME, max_length=300, examples=["team_models.vision:resnet50"])
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the factory.")
 
 
 # ---------------------------------------------------------------------------------------------- datasets
@@ -49,9 +79,25 @@ class SyntheticImagesParams(Strict):
     seed: int = 0
 
 
-class _BuiltinDataset(Strict):
+class SyntheticTokensParams(Strict):
+    n_samples: PositiveInt = Field(1024, le=1_000_000, description="Sequences.")
+    context: int = Field(32, ge=2, le=8192, description="Tokens per sequence (T).")
+    vocab_size: int = Field(64, ge=2, le=1_000_000)
+    seed: int = 0
+
+
+class ShuffleParams(Strict):
+    seed: int = Field(0, description="Shuffles the samples before the validation split.")
+
+
+class _Dataset(Strict):
+    validation_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Share of samples held out (an upload with x_val and y_val keeps its own)."
+    )
+
+
+class _BuiltinDataset(_Dataset):
     source: Literal["builtin"] = "builtin"
-    validation_fraction: float = Field(0.2, ge=0, lt=1, description="Share of samples held out.")
 
 
 class SyntheticClassification(_BuiltinDataset):
@@ -69,42 +115,121 @@ class SyntheticImages(_BuiltinDataset):
     params: SyntheticImagesParams = SyntheticImagesParams()
 
 
-# `source` is "builtin" today; uploads and plugins slot in as further members keyed by `source`.
-DatasetSpec = Annotated[
-    SyntheticClassification | SyntheticRegression | SyntheticImages, Field(discriminator="name")
+class SyntheticTokens(_BuiltinDataset):
+    """Seeded token streams from a random sparse Markov chain: the next token is learnable."""
+
+    name: Literal["synthetic_tokens"]
+    params: SyntheticTokensParams = SyntheticTokensParams()
+
+
+class Digits(_BuiltinDataset):
+    """scikit-learn's bundled 8×8 digits: 1797 samples, 64 features, 10 classes (needs scikit-learn)."""
+
+    name: Literal["digits"]
+    params: ShuffleParams = ShuffleParams()
+
+
+class Iris(_BuiltinDataset):
+    """scikit-learn's bundled iris: 150 samples, 4 features, 3 classes (needs scikit-learn)."""
+
+    name: Literal["iris"]
+    params: ShuffleParams = ShuffleParams()
+
+
+BuiltinDataset = Annotated[
+    SyntheticClassification | SyntheticRegression | SyntheticImages | SyntheticTokens | Digits | Iris,
+    Field(discriminator="name"),
 ]
 
 
+class UploadedDataset(_Dataset):
+    """A dataset uploaded with POST /v1/datasets."""
+
+    source: Literal["upload"]
+    id: str = Field(min_length=1, max_length=80)
+
+
+class PluginDataset(PluginRef, _Dataset):
+    """A factory returning `(train, val)` torch Datasets, or arrays `(x, y, x_val, y_val)`."""
+
+
+DatasetSpec = Annotated[
+    Annotated[BuiltinDataset, Tag("builtin")]
+    | Annotated[UploadedDataset, Tag("upload")]
+    | Annotated[PluginDataset, Tag("plugin")],
+    Discriminator(_source),
+]
+
+Task = Literal["classification", "regression", "language_modeling"]
+
+
 class DataShape(BaseModel):
-    """What a model needs to know about its data: derived from the dataset spec, never sent by clients."""
+    """What a model needs to know about its data. Derived from the data, never sent by clients."""
 
-    task: Literal["classification", "regression"]
-    input_shape: tuple[int, ...]
-    num_outputs: int  # classes for classification, targets for regression
+    task: Task
+    input_shape: tuple[int, ...]  # one sample; (T,) token ids for language modelling
+    num_outputs: int  # classes (classification), targets (regression) or vocabulary (language modelling)
 
 
-def data_shape(dataset: SyntheticClassification | SyntheticRegression | SyntheticImages) -> DataShape:
-    p = dataset.params
-    if isinstance(dataset, SyntheticClassification):
-        return DataShape(task="classification", input_shape=(p.n_features,), num_outputs=p.n_classes)
-    if isinstance(dataset, SyntheticRegression):
-        return DataShape(task="regression", input_shape=(p.n_features,), num_outputs=p.n_targets)
-    return DataShape(
-        task="classification", input_shape=(p.channels, p.height, p.width), num_outputs=p.n_classes
-    )
+def builtin_shape(dataset: Any) -> DataShape | None:
+    """The shape of a built-in dataset, known from its params; None for uploads and plugins."""
+    p = getattr(dataset, "params", None)
+    match dataset:
+        case SyntheticClassification():
+            return DataShape(task="classification", input_shape=(p.n_features,), num_outputs=p.n_classes)
+        case SyntheticRegression():
+            return DataShape(task="regression", input_shape=(p.n_features,), num_outputs=p.n_targets)
+        case SyntheticImages():
+            return DataShape(task="classification", input_shape=(p.channels, p.height, p.width),
+                             num_outputs=p.n_classes)
+        case SyntheticTokens():
+            return DataShape(task="language_modeling", input_shape=(p.context,), num_outputs=p.vocab_size)
+        case Digits():
+            return DataShape(task="classification", input_shape=(64,), num_outputs=10)
+        case Iris():
+            return DataShape(task="classification", input_shape=(4,), num_outputs=3)
+    return None
+
+
+def infer_shape(x_shape: tuple[int, ...], x_integer: bool, y_shape: tuple[int, ...], y_integer: bool,
+                largest_id: int) -> DataShape:
+    """The one rule that reads a task off arrays (uploads on the service, plugin data on the worker).
+
+    - integer x and integer y of the same shape (N, T): language modelling, vocabulary largest_id + 1;
+    - integer y of shape (N,): classification, classes largest_id + 1;
+    - float y of shape (N,) or (N, k): regression with 1 or k targets.
+    `largest_id` is the largest token id (x and y) or label. Raises ValueError saying what is accepted.
+    """
+    accepted = ("accepted: integer x and y of equal shape (N, T) for language modelling, integer labels y (N,) "
+                "for classification, float targets y (N,) or (N, k) for regression")
+    if len(x_shape) < 2:
+        raise ValueError(f"x must hold one row per sample, shape (N, ...); got {list(x_shape)}")
+    if x_integer and y_integer and x_shape == y_shape and len(x_shape) == 2:
+        return DataShape(task="language_modeling", input_shape=x_shape[1:], num_outputs=largest_id + 1)
+    if y_integer:
+        if len(y_shape) != 1:
+            raise ValueError(f"integer labels y must have shape (N,); got {list(y_shape)}; {accepted}")
+        if largest_id < 1:
+            raise ValueError("classification needs at least two classes (labels 0 and 1)")
+        return DataShape(task="classification", input_shape=x_shape[1:], num_outputs=largest_id + 1)
+    if len(y_shape) not in (1, 2):
+        raise ValueError(f"float targets y must have shape (N,) or (N, k); got {list(y_shape)}; {accepted}")
+    return DataShape(task="regression", input_shape=x_shape[1:], num_outputs=1 if len(y_shape) == 1 else y_shape[1])
 
 
 # ------------------------------------------------------------------------------------------------ models
 
+_INFERRED = "Inferred from the dataset when omitted."
+
 
 class LinearParams(Strict):
-    in_features: PositiveInt | None = Field(None, description="Inferred from the dataset when omitted.")
-    out_features: PositiveInt | None = Field(None, description="Inferred from the dataset when omitted.")
+    in_features: PositiveInt | None = Field(None, description=_INFERRED)
+    out_features: PositiveInt | None = Field(None, description=_INFERRED)
 
 
 class MLPParams(Strict):
-    in_features: PositiveInt | None = Field(None, description="Inferred from the dataset when omitted.")
-    out_features: PositiveInt | None = Field(None, description="Inferred from the dataset when omitted.")
+    in_features: PositiveInt | None = Field(None, description=_INFERRED)
+    out_features: PositiveInt | None = Field(None, description=_INFERRED)
     hidden: list[Annotated[int, Field(ge=1, le=65_536)]] = Field(
         default_factory=lambda: [64, 64], max_length=32, description="Width of each hidden layer."
     )
@@ -114,13 +239,37 @@ class MLPParams(Strict):
 
 
 class CNNParams(Strict):
-    in_channels: PositiveInt | None = Field(None, description="Inferred from the dataset when omitted.")
-    num_classes: PositiveInt | None = Field(None, description="Inferred from the dataset when omitted.")
+    in_channels: PositiveInt | None = Field(None, description=_INFERRED)
+    num_classes: PositiveInt | None = Field(None, description=_INFERRED)
     channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
         default_factory=lambda: [16, 32], min_length=1, max_length=8,
         description="Output channels of each conv block (conv 3×3, batch norm, ReLU, 2×2 max-pool).",
     )
     dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class ResNetParams(Strict):
+    in_channels: PositiveInt | None = Field(None, description=_INFERRED)
+    num_classes: PositiveInt | None = Field(None, description=_INFERRED)
+    depth: int = Field(1, ge=1, le=16, description="Basic blocks per stage (1 → ResNet-8, 3 → ResNet-20).")
+    width: int = Field(16, ge=1, le=1024, description="Channels of the first stage; doubled at each next one.")
+    stages: int = Field(3, ge=1, le=4)
+
+
+class TransformerLMParams(Strict):
+    vocab_size: PositiveInt | None = Field(None, description=_INFERRED)
+    context: PositiveInt | None = Field(None, le=65_536, description="Longest sequence; default: the data's T.")
+    layers: int = Field(2, ge=1, le=96)
+    d_model: int = Field(64, ge=8, le=16_384)
+    heads: int = Field(4, ge=1, le=256)
+    mlp_ratio: int = Field(4, ge=1, le=16)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerLMParams:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        return self
 
 
 class _BuiltinModel(Strict):
@@ -142,8 +291,26 @@ class CNNModel(_BuiltinModel):
     params: CNNParams = CNNParams()
 
 
-ModelSpec = Annotated[LinearModel | MLPModel | CNNModel, Field(discriminator="name")]
+class ResNetModel(_BuiltinModel):
+    """A CIFAR-style ResNet (He et al. 2016): 3×3 stem, stages of basic blocks, global pooling."""
 
+    name: Literal["resnet"]
+    params: ResNetParams = ResNetParams()
+
+
+class TransformerLMModel(_BuiltinModel):
+    """A GPT-style decoder: token and position embeddings, pre-norm causal blocks, tied output head."""
+
+    name: Literal["transformer_lm"]
+    params: TransformerLMParams = TransformerLMParams()
+
+
+BuiltinModel = Annotated[
+    LinearModel | MLPModel | CNNModel | ResNetModel | TransformerLMModel, Field(discriminator="name")
+]
+ModelSpec = Annotated[
+    Annotated[BuiltinModel, Tag("builtin")] | Annotated[PluginRef, Tag("plugin")], Discriminator(_source)
+]
 
 # -------------------------------------------------------------------------------------- losses, optimizer
 
@@ -151,8 +318,9 @@ LossName = Literal["cross_entropy", "mse", "l1", "bce_with_logits", "nll"]
 LOSSES_BY_TASK: dict[str, tuple[str, ...]] = {
     "classification": ("cross_entropy", "nll", "bce_with_logits"),
     "regression": ("mse", "l1"),
+    "language_modeling": ("cross_entropy", "nll"),
 }
-DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse"}
+DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse", "language_modeling": "cross_entropy"}
 
 OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"]
 OPTIMIZER_CLASSES = {
@@ -170,6 +338,7 @@ def optimizer_keywords(name: str) -> tuple[str, ...]:
 
 
 class OptimizerSpec(Strict):
+    source: Literal["builtin"] = "builtin"
     name: OptimizerName
     params: dict[str, Any] = Field(
         default_factory=dict,
@@ -197,6 +366,19 @@ class OptimizerSpec(Strict):
         return self
 
 
+class PluginOptimizer(PluginRef):
+    """A factory called as `factory(params, lr, **params)` that returns a torch optimizer."""
+
+
+OptimizerChoice = Annotated[
+    Annotated[OptimizerSpec, Tag("builtin")] | Annotated[PluginOptimizer, Tag("plugin")], Discriminator(_source)
+]
+
+
+class PluginLoss(PluginRef):
+    """A factory called with `params` that returns a callable `(output, target) -> scalar`."""
+
+
 # ------------------------------------------------------------------------------------- the range test
 
 
@@ -207,7 +389,7 @@ class LRRangeSpec(Strict):
     mode: Literal["exponential", "linear"] = "exponential"
     smoothing: float = Field(0.98, ge=0, lt=1, description="β of the debiased EMA of the loss.")
     diverge_factor: float = Field(4.0, gt=1, description="Stop when the smoothed loss passes this × best.")
-    batch_size: PositiveInt = Field(64, description="Batch size used by the sweep.")
+    batch_size: PositiveInt = Field(64, description="Micro-batch size used by the sweep.")
 
     @model_validator(mode="after")
     def _ordered(self) -> LRRangeSpec:
@@ -217,6 +399,37 @@ class LRRangeSpec(Strict):
 
 
 Schedule = Literal["constant", "cosine", "one_cycle"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+IMAGE_MODELS = (CNNModel, ResNetModel)
+
+
+def fit_problem(spec: JobSpec, shape: DataShape) -> str | None:
+    """Why this model and loss cannot train on data of this shape, or None. Used by the service (for
+    built-in and uploaded data) and by the worker (for plugin data, once it has the tensors)."""
+    loss = spec.loss if isinstance(spec.loss, str) else None
+    if loss is not None and loss not in LOSSES_BY_TASK[shape.task]:
+        return (f"loss {loss} does not fit {shape.task.replace('_', ' ')} data; "
+                f"accepted: {', '.join(LOSSES_BY_TASK[shape.task])}")
+    model = spec.model
+    kind = getattr(model, "name", None)
+    if isinstance(model, IMAGE_MODELS) and len(shape.input_shape) != 3:
+        return (f"model {kind} needs image data (C×H×W); the dataset gives samples of shape "
+                f"{list(shape.input_shape)}: use linear or mlp, or an image dataset")
+    if isinstance(model, TransformerLMModel) and shape.task != "language_modeling":
+        return f"model transformer_lm needs token data (x and y integer (N, T)); the dataset is {shape.task} data"
+    if isinstance(model, LinearModel | MLPModel | CNNModel | ResNetModel) and shape.task == "language_modeling":
+        return f"model {kind} cannot read token sequences; use transformer_lm or a plugin model"
+    if isinstance(model, TransformerLMModel) and model.params.context is not None \
+            and model.params.context < shape.input_shape[0]:
+        return f"transformer_lm context {model.params.context} is shorter than the data's {shape.input_shape[0]} tokens"
+    if isinstance(model, LinearModel | MLPModel):
+        given, flat = model.params.in_features, math.prod(shape.input_shape)
+        if given is not None and given != flat:
+            return f"model in_features is {given} but the dataset gives {flat} features"
+    if spec.channels_last and len(shape.input_shape) != 3:
+        return "channels_last applies to image data (N, C, H, W) only"
+    return None
 
 
 class JobSpec(Strict):
@@ -232,15 +445,24 @@ class JobSpec(Strict):
                     "optimizer": {"name": "sgd", "params": {"momentum": 0.9}},
                 },
                 {
-                    "model": {"name": "cnn", "params": {"channels": [16, 32]}},
+                    "model": {"name": "resnet", "params": {"depth": 1, "width": 16}},
                     "dataset": {"name": "synthetic_images", "params": {"height": 16, "width": 16}},
                     "loss": "cross_entropy",
                     "optimizer": {"name": "adamw", "params": {"weight_decay": 0.01}},
                     "lr_range": {"min_lr": 1e-6, "max_lr": 1, "num_steps": 80, "batch_size": 32},
                     "batch_sizes": [16, 32, 64],
                     "schedule": "cosine",
+                    "precision": "bf16",
+                    "grad_accumulation_steps": 2,
+                    "grad_clip_norm": 1.0,
                     "device": "auto",
                     "seed": 1,
+                },
+                {
+                    "model": {"source": "plugin", "name": "team_models.vision:small_resnet",
+                              "params": {"width": 32}},
+                    "dataset": {"source": "upload", "id": "<id from POST /v1/datasets>"},
+                    "optimizer": {"name": "sgd", "params": {"momentum": 0.9, "nesterov": True}},
                 },
             ]
         },
@@ -248,16 +470,22 @@ class JobSpec(Strict):
 
     model: ModelSpec
     dataset: DatasetSpec
-    loss: LossName | None = Field(
-        None, description="Default: cross_entropy for classification data, mse for regression data."
+    loss: LossName | PluginLoss | None = Field(
+        None, description="Default: cross_entropy for classification and token data, mse for regression data."
     )
-    optimizer: OptimizerSpec
+    optimizer: OptimizerChoice
     lr_range: LRRangeSpec = LRRangeSpec()
     batch_sizes: list[PositiveInt] | None = Field(
         None, description="Candidate batch sizes for the batch-size probes (distinct, positive)."
     )
     schedule: Schedule = Field("one_cycle", description="The LR schedule you will train with.")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Precision = Field(
+        "fp32", description="bf16 and fp16 run under autocast; fp16 needs CUDA and uses a GradScaler."
+    )
+    grad_accumulation_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
+    grad_clip_norm: float | None = Field(None, gt=0, description="Clip the gradient norm to this before a step.")
+    channels_last: bool = Field(False, description="Image models and data in channels-last memory format.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N.")
     seed: int = 0
 
     @field_validator("batch_sizes")
@@ -273,27 +501,18 @@ class JobSpec(Strict):
 
     @model_validator(mode="after")
     def _fits_the_data(self) -> JobSpec:
-        shape = data_shape(self.dataset)
+        shape = builtin_shape(self.dataset)
+        if shape is not None:  # uploads are checked by the service, plugin data by the worker
+            self.resolve_for(shape)
+        return self
+
+    def resolve_for(self, shape: DataShape) -> None:
+        """Fill the default loss for this data and check that model and loss fit it (ValueError if not)."""
         if self.loss is None:
             self.loss = DEFAULT_LOSS[shape.task]  # type: ignore[assignment]
-        elif self.loss not in LOSSES_BY_TASK[shape.task]:
-            raise ValueError(
-                f"loss {self.loss} does not fit {shape.task} data ({self.dataset.name}); "
-                f"accepted: {', '.join(LOSSES_BY_TASK[shape.task])}"
-            )
-        if isinstance(self.model, CNNModel) and len(shape.input_shape) != 3:
-            raise ValueError(
-                f"model cnn needs image data (C×H×W); {self.dataset.name} gives vectors of shape "
-                f"{list(shape.input_shape)}: use linear or mlp, or an image dataset"
-            )
-        if isinstance(self.model, LinearModel | MLPModel):
-            flat = 1
-            for d in shape.input_shape:
-                flat *= d
-            given = self.model.params.in_features
-            if given is not None and given != flat:
-                raise ValueError(f"model in_features is {given} but the dataset gives {flat} features")
-        return self
+        problem = fit_problem(self, shape)
+        if problem:
+            raise ValueError(problem)
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -318,7 +537,9 @@ class Recommendation(BaseModel):
     base_lr: float | None = Field(None, description="one_cycle: the starting LR (max_lr / div_factor).")
     max_lr: float | None = Field(None, description="one_cycle: the peak LR.")
     div_factor: float | None = Field(None, description="one_cycle: max_lr / base_lr.")
-    batch_size: int
+    batch_size: int = Field(description="The micro-batch the range test ran at.")
+    grad_accumulation_steps: int = 1
+    effective_batch_size: int = Field(0, description="batch_size × grad_accumulation_steps.")
     rule: str = Field(description="The suggestion rule that chose the LR.")
     reason: str
 
@@ -377,6 +598,57 @@ class Job(BaseModel):
     error: JobError | None = None
 
 
+class DatasetOut(BaseModel):
+    id: str = Field(description="Use as {\"source\": \"upload\", \"id\": ...} in a job's dataset.")
+    sha256: str = Field(description="Of the uploaded bytes: the same bytes always give the same id.")
+    filename: str
+    format: Literal["npz", "csv", "parquet"]
+    target_column: str | None = None
+    size_bytes: int
+    shapes: dict[str, list[int]]
+    dtypes: dict[str, str]
+    shape: DataShape = Field(description="The task lrbs reads off the arrays, and the sizes a model gets.")
+    created_at: datetime
+
+
+class DatasetPage(BaseModel):
+    datasets: list[DatasetOut]
+    next_page_token: str | None = None
+
+
+class DeviceInfo(BaseModel):
+    name: str = Field(description="cpu, cuda:0, ...")
+    model: str | None = None
+    memory_gb: float | None = None
+
+
+class WorkerInfo(BaseModel):
+    """What a worker reports when it connects: what it can run."""
+
+    hostname: str
+    lrbs: str
+    torch: str
+    python: str
+    devices: list[DeviceInfo]
+    precisions: list[Precision]
+    builtins: dict[str, list[str]] = Field(description="Built-in models, datasets, losses and optimizers.")
+    plugin_modules: list[str] = Field(description="Module prefixes the operator allows (LRBS_PLUGIN_MODULES).")
+    plugins: dict[str, list[str]] = Field(description="Installed entry points per kind, with their modules allowed.")
+
+
+class WorkerOut(BaseModel):
+    id: str
+    online: bool = Field(description="Heard from within LRBS_WORKER_ONLINE_SECONDS.")
+    running_job_id: str | None = None
+    info: WorkerInfo | None = None
+    first_seen_at: datetime
+    last_seen_at: datetime
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerOut]
+
+
 class JobPage(BaseModel):
     jobs: list[Job]
     next_page_token: str | None = Field(None, description="Pass as page_token for the next page.")
@@ -390,6 +662,11 @@ class ClaimRequest(Strict):
     wait_seconds: float = Field(20.0, ge=0, le=60, description="Long-poll: how long to wait for a job.")
 
 
+class Registration(Strict):
+    worker_id: str = Field(min_length=1, max_length=200)
+    info: WorkerInfo
+
+
 class Lease(BaseModel):
     job_id: str
     lease_token: str
@@ -397,6 +674,7 @@ class Lease(BaseModel):
     attempt: int
     max_run_seconds: float
     spec: JobSpec
+    dataset_sha256: str | None = Field(None, description="For an uploaded dataset: the sha256 of its .npz.")
 
 
 class Heartbeat(Strict):

@@ -83,3 +83,26 @@ MINIMAL_SPEC = {
     "dataset": {"name": "synthetic_classification", "params": {"n_samples": 512}},
     "optimizer": {"name": "sgd", "params": {"momentum": 0.9}},
 }
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory):
+    """tests/plugin_package installed for real (pip, into a folder), to be put on sys.path or PYTHONPATH."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    target = tmp_path_factory.mktemp("site")
+    source = Path(__file__).parent / "plugin_package"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(source)], check=True)
+    return target
+
+
+@pytest.fixture
+def with_plugins(plugin_site, monkeypatch, tmp_path):
+    """The team package importable and discoverable here; importing the forbidden module leaves a mark."""
+    monkeypatch.syspath_prepend(str(plugin_site))
+    mark = tmp_path / "evil-imported"
+    monkeypatch.setenv("LRBS_TEST_EVIL_MARK", str(mark))
+    return mark

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import time
 from contextlib import contextmanager
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.conftest import MINIMAL_SPEC, WORKER_TOKEN
@@ -171,3 +173,32 @@ def test_a_job_past_the_run_time_limit_fails_with_the_setting_named(tmp_path):
     with service(sqlite_url(tmp_path), tmp_path, max_run_seconds="1") as http:
         job = wait_for(http, http.post("/v1/jobs", json=SLOW_JOB).json()["id"])
     assert job["state"] == "failed" and "LRBS_MAX_RUN_SECONDS" in job["error"]["message"]
+
+
+def test_a_plugin_model_on_an_uploaded_dataset(tmp_path, plugin_site):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 3, (3, 6))
+    y = rng.integers(0, 3, 400)
+    buf = io.BytesIO()
+    np.savez(buf, x=(centers[y] + rng.normal(size=(400, 6))).astype(np.float32), y=y)
+    mark = tmp_path / "evil-imported"
+    with service(sqlite_url(tmp_path), tmp_path, workers=0, data_dir=str(tmp_path / "data")) as http:
+        env = {"LRBS_WORKER_TOKEN": WORKER_TOKEN, "PYTHONPATH": str(plugin_site),
+               "LRBS_PLUGIN_MODULES": "lrbs_test_plugins", "LRBS_CACHE_DIR": str(tmp_path / "cache"),
+               "LRBS_TEST_EVIL_MARK": str(mark)}
+        args = ["-m", "worker", "--url", f"http://127.0.0.1:{http.port}", "--worker-id", "team", "--wait", "5"]
+        with process(args, env, tmp_path / "team.log"):
+            dataset = http.post("/v1/datasets", files={"file": ("blobs.npz", buf.getvalue())}).json()
+            spec = {"model": {"source": "plugin", "name": "team-mlp", "params": {"hidden": 16}},
+                    "dataset": {"source": "upload", "id": dataset["id"]},
+                    "optimizer": {"name": "adam"}, "lr_range": {"num_steps": 60, "batch_size": 32}}
+            ok = wait_for(http, http.post("/v1/jobs", json=spec).json()["id"])
+            refused = wait_for(http, http.post("/v1/jobs", json={
+                **spec, "model": {"source": "plugin", "name": "lrbs_test_evil:model"}}).json()["id"])
+            (worker,) = http.get("/v1/workers").json()["workers"]
+    assert ok["state"] == "succeeded", ok
+    assert ok["result"]["recommendation"]["lr"] > 0
+    assert refused["state"] == "failed" and "LRBS_PLUGIN_MODULES" in refused["error"]["message"]
+    assert not mark.exists()  # the refused module was never imported
+    assert list((tmp_path / "cache").glob("*.npz"))  # fetched once, kept by hash
+    assert worker["id"] == "team" and worker["info"]["plugins"]["model"] == ["team-mlp"]

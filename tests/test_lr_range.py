@@ -311,3 +311,203 @@ def test_batches_must_be_re_iterable() -> None:
     model, opt, batches = warmed_up()
     with pytest.raises(ValueError, match="re-iterable"):
         lr_range_test(model, CE, opt, iter(batches), num_steps=10, max_lr=1e-2)
+
+
+# --- precision, accumulation, clipping, memory format ----------------------------------------------
+
+
+class CountingBatches:
+    """A re-iterable over `batches` that counts how many it has handed out."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches = batches
+        self.pulled = 0
+
+    def __iter__(self):
+        for batch in self.batches:
+            self.pulled += 1
+            yield batch
+
+
+def watch_params(model: nn.Module) -> list[torch.Tensor]:
+    """Record the parameters (flattened into one vector) the model holds at each forward.
+
+    The hook is copied along with the model, so it reports on the probe's private copy.
+    """
+    seen: list[torch.Tensor] = []
+    model.register_forward_pre_hook(
+        lambda module, args: seen.append(torch.cat([p.detach().flatten() for p in module.parameters()]))
+    )
+    return seen
+
+
+def linear_setup(k: int, b: int, seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer, list]:
+    """No batch-dependent layers and a mean loss: k micro-batches of b give the gradient of one batch of k·b."""
+    torch.manual_seed(seed)
+    model = nn.Linear(8, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # no momentum: a step is exactly -lr · grad
+    return model, opt, make_batches(n_batches=4 * k, batch_size=b, seed=seed)
+
+
+def conv_batches(n_batches: int = 4, batch_size: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """8×8 images in 3 channels; the label is the brightest channel (learnable, so the curve falls)."""
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(batch_size, 3, 8, 8, generator=g) for _ in range(n_batches)]
+    return [(x, x.mean(dim=(2, 3)).argmax(dim=1)) for x in xs]
+
+
+def conv_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+    )  # fmt: skip
+
+
+def test_bf16_on_cpu_gives_a_finite_curve_close_to_fp32() -> None:
+    results = {}
+    for precision in ("fp32", "bf16"):
+        model, opt, batches = warmed_up()
+        results[precision] = lr_range_test(
+            model, CE, opt, batches, min_lr=1e-5, max_lr=1e-2, num_steps=20, precision=precision
+        )
+    fp32, bf16 = results["fp32"], results["bf16"]
+    assert (bf16.stop_reason, bf16.steps_run) == ("completed", 20)
+    assert all(math.isfinite(v) for v in bf16.losses + bf16.smoothed)
+    assert bf16.losses[:5] == pytest.approx(fp32.losses[:5], rel=0.05)
+    assert bf16.losses != fp32.losses  # autocast really ran: bf16 rounding moves the losses
+
+
+def test_fp16_needs_cuda_and_says_so_before_running_anything() -> None:
+    model, opt, batches = warmed_up()
+    loss = ScriptedLoss([1.0])
+    with pytest.raises(ValueError, match="CUDA"):
+        lr_range_test(model, loss, opt, batches, num_steps=10, precision="fp16")
+    assert loss.calls == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"precision": "fp8"}, {"grad_accumulation_steps": 0}, {"grad_clip_norm": 0.0}, {"grad_clip_norm": -1.0}],
+)
+def test_bad_new_arguments_are_rejected(kwargs: dict) -> None:
+    model, opt, batches = warmed_up()
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        lr_range_test(model, CE, opt, batches, num_steps=10, **kwargs)
+
+
+def test_each_lr_point_pulls_k_micro_batches() -> None:
+    k = 3
+    model, opt, batches = warmed_up()
+    counting = CountingBatches(batches)
+    result = lr_range_test(model, CE, opt, counting, max_lr=1e-2, num_steps=10, grad_accumulation_steps=k)
+    assert result.steps_run == 10 and len(result.losses) == 10
+    assert counting.pulled == 10 * k
+
+
+def test_accumulated_step_equals_one_step_on_the_whole_batch() -> None:
+    k, b = 4, 8
+    model, opt, batches = linear_setup(k, b)
+    seen = watch_params(model)
+    result = lr_range_test(
+        model, CE, opt, batches, min_lr=0.5, max_lr=1.0, num_steps=2, grad_accumulation_steps=k, smoothing=0.0
+    )
+    assert len(seen) == 2 * k  # one forward per micro-batch
+    assert all(torch.equal(seen[0], s) for s in seen[1:k])  # no step inside the accumulation
+    after_probe_step = seen[k]
+
+    first = [batches[i] for i in range(k)]
+    x_big, y_big = torch.cat([x for x, _ in first]), torch.cat([y for _, y in first])
+    # The point's loss is the mean of its micro-batch losses: here, the loss on the whole k·b batch.
+    assert result.losses[0] == pytest.approx(CE(model(x_big), y_big).item(), rel=1e-6)
+
+    def one_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        by_hand = copy.deepcopy(model)
+        by_hand_opt = torch.optim.SGD(by_hand.parameters(), lr=result.lrs[0])
+        CE(by_hand(x), y).backward()
+        by_hand_opt.step()
+        return torch.cat([p.detach().flatten() for p in by_hand.parameters()])
+
+    assert torch.allclose(after_probe_step, one_step(x_big, y_big), rtol=1e-5, atol=1e-6)
+    # Not vacuous: a step on the first micro-batch alone lands elsewhere.
+    assert not torch.allclose(after_probe_step, one_step(*first[0]), rtol=1e-5, atol=1e-6)
+
+
+def test_grad_clip_bounds_each_step_to_lr_times_clip() -> None:
+    """With SGD (no momentum) a clipped step moves the parameters by exactly lr · clip when the gradient is larger."""
+    clip = 1e-3
+    moves = {}
+    for grad_clip_norm in (None, clip):
+        model, opt, batches = linear_setup(k=1, b=32)
+        seen = watch_params(model)
+        result = lr_range_test(
+            model, CE, opt, batches, min_lr=0.1, max_lr=10.0, num_steps=8, diverge_factor=math.inf,
+            grad_clip_norm=grad_clip_norm,
+        )  # fmt: skip
+        assert result.steps_run == 8
+        steps = zip(seen, seen[1:], result.lrs, strict=False)
+        moves[grad_clip_norm] = [((after - before).norm().item(), lr) for before, after, lr in steps]
+    for move, lr in moves[clip]:
+        assert move == pytest.approx(lr * clip, rel=1e-3)
+    assert all(move > 10 * lr * clip for move, lr in moves[None])  # unclipped gradients are far above the clip
+
+
+def test_channels_last_gives_the_same_curve() -> None:
+    curves, layouts = {}, {}
+    for channels_last in (False, True):
+        model, batches = conv_model(), conv_batches()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        seen = watch_params(model)
+        model.register_forward_pre_hook(
+            lambda module, args, cl=channels_last: layouts.setdefault(cl, []).append(
+                (
+                    args[0].is_contiguous(memory_format=torch.channels_last),
+                    module[0].weight.is_contiguous(memory_format=torch.channels_last),
+                )
+            )
+        )
+        result = lr_range_test(
+            model, CE, opt, batches, min_lr=1e-2, max_lr=0.3, num_steps=12, channels_last=channels_last
+        )
+        assert result.steps_run == 12
+        assert not torch.equal(seen[0], seen[-1])  # the optimizer still steps the converted copy
+        assert model[0].weight.is_contiguous()  # the caller's model keeps its layout
+        curves[channels_last] = result.losses
+    assert layouts[True] == [(True, True)] * 12
+    assert layouts[False] == [(False, False)] * 12
+    assert curves[True] == pytest.approx(curves[False], rel=1e-4)
+
+
+def test_channels_last_leaves_non_4d_inputs_alone() -> None:
+    curves = []
+    for channels_last in (False, True):
+        model, opt, batches = warmed_up()
+        curves.append(lr_range_test(model, CE, opt, batches, max_lr=1e-1, num_steps=15, channels_last=channels_last))
+    assert curves[0].losses == curves[1].losses
+
+
+def test_caller_state_is_untouched_with_every_option_on() -> None:
+    model, opt, batches = warmed_up()
+    before = snapshot(model, opt)
+    result = lr_range_test(
+        model, CE, opt, batches, min_lr=1e-4, max_lr=50.0, num_steps=40,
+        precision="bf16", grad_accumulation_steps=2, grad_clip_norm=1.0, channels_last=True,
+    )  # fmt: skip
+    assert result.steps_run > 0
+    assert_unchanged(before, model, opt)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 needs CUDA")
+def test_fp16_on_cuda_gives_a_finite_curve_close_to_fp32() -> None:
+    results = {}
+    for precision in ("fp32", "fp16"):
+        model, opt, batches = warmed_up()
+        model.cuda()
+        opt.load_state_dict(opt.state_dict())  # moves the momentum buffers to the parameters' device
+        results[precision] = lr_range_test(
+            model, CE, opt, batches, min_lr=1e-5, max_lr=1e-2, num_steps=20, grad_accumulation_steps=2,
+            grad_clip_norm=1.0, precision=precision,
+        )  # fmt: skip
+    assert results["fp16"].steps_run == 20
+    assert all(math.isfinite(v) for v in results["fp16"].losses)
+    assert results["fp16"].losses[:5] == pytest.approx(results["fp32"].losses[:5], rel=0.05)

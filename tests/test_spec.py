@@ -6,7 +6,7 @@ from pydantic import ValidationError
 from service.errors import Unprocessable
 from service.limits import check_limits
 from service.settings import Settings
-from service.spec import JobSpec, data_shape
+from service.spec import JobSpec, builtin_shape
 from tests.conftest import MINIMAL_SPEC
 
 
@@ -34,7 +34,7 @@ def test_minimal_spec_gets_every_default():
 def test_regression_data_defaults_to_mse():
     job = JobSpec.model_validate(spec(dataset={"name": "synthetic_regression"}))
     assert job.loss == "mse"
-    assert data_shape(job.dataset).task == "regression"
+    assert builtin_shape(job.dataset).task == "regression"
 
 
 def test_documented_examples_are_valid():

@@ -1,6 +1,7 @@
 """`python -m worker` (also `lrbs worker`): pull jobs from an lrbs service and run them."""
 
 import logging
+from pathlib import Path
 
 import click
 
@@ -14,12 +15,20 @@ import click
 @click.option("--max-jobs", type=int, default=None, help="Exit after this many jobs (default: run forever).")
 @click.option("--wait", "wait_seconds", type=float, default=20.0, show_default=True,
               help="Long-poll: seconds one claim waits for a job.")
-def main(url: str, token: str, worker_id: str | None, max_jobs: int | None, wait_seconds: float) -> None:
+@click.option("--plugin-modules", envvar="LRBS_PLUGIN_MODULES", default="", show_default=True,
+              help="Comma-separated module prefixes whose plugins jobs may run (env LRBS_PLUGIN_MODULES); "
+                   "nothing else is ever imported.")
+@click.option("--cache-dir", envvar="LRBS_CACHE_DIR", type=click.Path(path_type=Path), default=None,
+              help="Where downloaded datasets are kept by hash (default ~/.cache/lrbs/datasets).")
+def main(url: str, token: str, worker_id: str | None, max_jobs: int | None, wait_seconds: float,
+         plugin_modules: str, cache_dir: Path | None) -> None:
     """Pull jobs from an lrbs service, run their probes with PyTorch, report the results."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from worker.runner import Worker  # torch loads here, not when --help is asked
+    from worker.plugins import PluginPolicy  # torch loads with the runner, not when --help is asked
+    from worker.runner import Worker
 
-    Worker(url, token, worker_id=worker_id, wait_seconds=wait_seconds).run_forever(max_jobs=max_jobs)
+    Worker(url, token, worker_id=worker_id, wait_seconds=wait_seconds, policy=PluginPolicy.parse(plugin_modules),
+           cache_dir=cache_dir).run_forever(max_jobs=max_jobs)
 
 
 if __name__ == "__main__":

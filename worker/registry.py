@@ -1,142 +1,177 @@
-"""Built-in datasets, models, losses and optimizers, built from the job spec."""
+"""From a job spec to the objects a probe runs: data, model, loss, optimizer and device.
+
+Built-ins come from worker/models.py and worker/datasets.py; uploads arrive as .npz files fetched by
+the runner; plugins go through worker/plugins.py and its allow-list.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 
 from service import spec as s
+from worker import datasets, models, plugins
+from worker.errors import JobError
+from worker.plugins import PluginPolicy
+
+__all__ = ["JobError", "TrainData", "load_data", "make_model", "make_loss", "make_optimizer", "resolve_device"]
 
 
-class JobError(Exception):
-    """The job asks for something this worker cannot do: fail it with this message, do not retry."""
-
-
-# -------------------------------------------------------------------------------------------- datasets
+# ------------------------------------------------------------------------------------------------ data
 
 
 @dataclass
-class Data:
-    x: Tensor
-    y: Tensor
-    x_val: Tensor
-    y_val: Tensor
+class TrainData:
+    """Whatever the source: the shape the model is built for, and batches on demand."""
+
+    shape: s.DataShape
+    batches: Callable[[int, int], Iterable[tuple[Tensor, Tensor]]]  # (batch_size, seed) -> re-iterable
+    n_train: int
 
 
-def make_dataset(dataset: s.DatasetSpec) -> Data:
-    """Seeded synthetic data: the same spec gives the same tensors on every worker."""
-    p = dataset.params
-    g = torch.Generator().manual_seed(p.seed)
-    if isinstance(dataset, s.SyntheticClassification):
-        # A random linear teacher with noisy logits: learnable, but not to zero loss.
-        x = torch.randn(p.n_samples, p.n_features, generator=g)
-        teacher = torch.randn(p.n_features, p.n_classes, generator=g) * (3 / math.sqrt(p.n_features))
-        logits = x @ teacher + p.noise * torch.randn(p.n_samples, p.n_classes, generator=g)
-        y = logits.argmax(dim=1)
-    elif isinstance(dataset, s.SyntheticRegression):
-        x = torch.randn(p.n_samples, p.n_features, generator=g)
-        teacher = torch.randn(p.n_features, p.n_targets, generator=g) / math.sqrt(p.n_features)
-        y = x @ teacher + p.noise * torch.randn(p.n_samples, p.n_targets, generator=g)
+def load_data(dataset: s.DatasetSpec, device: torch.device, policy: PluginPolicy,
+              fetch_upload: Callable[[str], Path] | None = None) -> TrainData:
+    if isinstance(dataset, s.UploadedDataset):
+        if fetch_upload is None:
+            raise JobError("this worker cannot fetch uploaded datasets")
+        return _tensors(_load_npz(fetch_upload(dataset.id), dataset.validation_fraction), device)
+    if isinstance(dataset, s.PluginDataset):
+        factory = plugins.resolve("dataset", dataset.name, policy)
+        made = plugins.call(factory, dataset.name, params=dataset.params)
+        return _from_plugin(made, dataset, device)
+    try:
+        data = datasets.builtin(dataset)
+    except (ValueError, NotImplementedError, ImportError) as exc:
+        raise JobError(str(exc)) from None
+    return _tensors(data, device, s.builtin_shape(dataset))
+
+
+def _load_npz(path: Path, validation_fraction: float) -> datasets.Data:
+    """The service stores every upload as a canonical .npz (x, y, optional x_val and y_val)."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: torch.from_numpy(npz[k]) for k in npz.files}
+    if "x_val" in arrays:
+        return datasets.Data(arrays["x"], arrays["y"], arrays["x_val"], arrays["y_val"])
+    return datasets.split(arrays["x"], arrays["y"], validation_fraction)
+
+
+def shape_of(data: datasets.Data) -> s.DataShape:
+    """The task and sizes, by the same rule the service applies to uploads (labels of both splits count)."""
+    integer = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+    x_int, y_int = data.x.dtype in integer, data.y.dtype in integer
+    ids = [data.y, data.y_val] if y_int else []
+    if x_int and y_int and data.x.shape == data.y.shape:
+        ids += [data.x, data.x_val]
+    largest = max((int(t.max()) for t in ids if t.numel()), default=0)
+    try:
+        return s.infer_shape(tuple(data.x.shape), x_int, tuple(data.y.shape), y_int, largest)
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
+
+
+def _tensors(data: datasets.Data, device: torch.device, shape: s.DataShape | None = None) -> TrainData:
+    shape = shape or shape_of(data)
+    x, y = data.x, data.y
+    if shape.task != "language_modeling":
+        x = x.float()
+        y = y.long() if shape.task == "classification" else y.float().reshape(len(y), -1)
     else:
-        # One random template per class, seen through pixel noise.
-        templates = torch.randn(p.n_classes, p.channels, p.height, p.width, generator=g)
-        y = torch.randint(p.n_classes, (p.n_samples,), generator=g)
-        x = templates[y] + p.noise * torch.randn(p.n_samples, p.channels, p.height, p.width, generator=g)
-    n_val = int(round(p.n_samples * dataset.validation_fraction))
-    n_train = p.n_samples - n_val
-    if n_train < 1:
-        raise JobError(f"validation_fraction {dataset.validation_fraction} leaves no training samples")
-    return Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+        x, y = x.long(), y.long()
+    x, y = x.to(device), y.to(device)  # small enough to live on the device: no per-batch copies
+    return TrainData(shape, lambda batch_size, seed: datasets.Batches(x, y, batch_size, seed), len(x))
 
 
-class Batches:
-    """Re-iterable shuffled mini-batches over in-memory tensors; each pass is one seeded epoch."""
+def _from_plugin(made, dataset: s.PluginDataset, device: torch.device) -> TrainData:
+    if isinstance(made, tuple) and len(made) == 4:
+        x, y, x_val, y_val = (torch.as_tensor(np.asarray(a)) for a in made)
+        return _tensors(datasets.Data(x, y, x_val, y_val), device)
+    if isinstance(made, tuple) and len(made) == 2 and all(isinstance(d, Dataset) for d in made):
+        train = made[0]
+        if len(train) == 0:
+            raise JobError(f"dataset plugin {dataset.name!r} returned an empty training set")
+        x0, y0 = train[0]
+        x0, y0 = torch.as_tensor(x0), torch.as_tensor(y0)
+        largest = _largest_label(train, y0) if not y0.is_floating_point() else 0
+        if not x0.is_floating_point() and x0.shape == y0.shape:  # token data: the vocabulary
+            largest = max(largest, int(x0.max()))
+        try:
+            shape = s.infer_shape((len(train), *x0.shape), not x0.is_floating_point(), (len(train), *y0.shape),
+                                  not y0.is_floating_point(), largest)
+        except ValueError as exc:
+            raise JobError(f"dataset plugin {dataset.name!r}: {exc}") from None
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int) -> None:
-        self.x, self.y = x, y
-        self.batch_size = min(batch_size, len(x))
-        self.generator = torch.Generator().manual_seed(seed)
+        def loader(batch_size: int, seed: int) -> DataLoader:
+            return DataLoader(train, batch_size=min(batch_size, len(train)), shuffle=True, drop_last=True,
+                              generator=torch.Generator().manual_seed(seed))
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        order = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
-        for start in range(0, len(order) - self.batch_size + 1, self.batch_size):  # full batches only
-            idx = order[start : start + self.batch_size]
-            yield self.x[idx], self.y[idx]
+        return TrainData(shape, loader, len(train))
+    raise JobError(f"dataset plugin {dataset.name!r} must return (train, val) torch Datasets or arrays "
+                   f"(x, y, x_val, y_val); it returned {type(made).__name__}")
+
+
+def _largest_label(train: Dataset, y0: Tensor) -> int:
+    """From `num_classes` or `targets` when the dataset has them (torchvision's do); else a scan of y."""
+    if hasattr(train, "num_classes"):
+        return int(train.num_classes) - 1
+    if hasattr(train, "targets"):
+        return int(torch.as_tensor(train.targets).max())
+    return max(int(torch.as_tensor(train[i][1]).max()) for i in range(len(train)))
 
 
 # ---------------------------------------------------------------------------------------------- models
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU,
-    "leaky_relu": nn.LeakyReLU,
-}
 
-
-def make_model(model: s.ModelSpec, shape: s.DataShape, loss: str) -> nn.Module:
+def make_model(model: s.ModelSpec, shape: s.DataShape, loss: str | None, policy: PluginPolicy) -> nn.Module:
+    if isinstance(model, s.PluginRef):
+        context = {"input_shape": shape.input_shape}
+        context["vocab_size" if shape.task == "language_modeling" else "num_classes"] = shape.num_outputs
+        net = plugins.call(plugins.resolve("model", model.name, policy), model.name, params=model.params,
+                           context=context)
+        if not isinstance(net, nn.Module):
+            raise JobError(f"model plugin {model.name!r} returned {type(net).__name__}, not a torch nn.Module")
+        return net
     p = model.params
-    if isinstance(model, s.CNNModel):
-        net = cnn(p.in_channels or shape.input_shape[0], p.num_classes or shape.num_outputs, p.channels,
-                  p.dropout)
-    else:
-        in_features = p.in_features or math.prod(shape.input_shape)
-        out_features = p.out_features or shape.num_outputs
-        if isinstance(model, s.LinearModel):
-            net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, out_features))
-        else:
-            net = mlp(in_features, out_features, p.hidden, p.activation, p.dropout, p.batch_norm)
+    match model:
+        case s.LinearModel():
+            net = models.linear(p.in_features or math.prod(shape.input_shape), p.out_features or shape.num_outputs)
+        case s.MLPModel():
+            net = models.mlp(p.in_features or math.prod(shape.input_shape), p.out_features or shape.num_outputs,
+                             p.hidden, p.activation, p.dropout, p.batch_norm)
+        case s.CNNModel():
+            net = models.cnn(p.in_channels or shape.input_shape[0], p.num_classes or shape.num_outputs,
+                             p.channels, p.dropout)
+        case s.ResNetModel():
+            net = models.resnet(p.in_channels or shape.input_shape[0], p.num_classes or shape.num_outputs,
+                                depth=p.depth, width=p.width, stages=p.stages)
+        case s.TransformerLMModel():
+            net = models.transformer_lm(p.vocab_size or shape.num_outputs, p.context or shape.input_shape[0],
+                                        layers=p.layers, d_model=p.d_model, heads=p.heads, mlp_ratio=p.mlp_ratio,
+                                        dropout=p.dropout)
+        case _:
+            raise JobError(f"model {model.name} is not available on this worker")
     if loss == "nll":  # nll_loss takes log-probabilities; built-in models end in logits
         net = nn.Sequential(net, nn.LogSoftmax(dim=-1))
     return net
 
 
-def mlp(in_features: int, out_features: int, hidden: list[int], activation: str, dropout: float,
-        batch_norm: bool) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Flatten()]
-    width = in_features
-    for h in hidden:
-        layers.append(nn.Linear(width, h))
-        if batch_norm:
-            layers.append(nn.BatchNorm1d(h))
-        layers.append(ACTIVATIONS[activation]())
-        if dropout:
-            layers.append(nn.Dropout(dropout))
-        width = h
-    layers.append(nn.Linear(width, out_features))
-    return nn.Sequential(*layers)
-
-
-def cnn(in_channels: int, num_classes: int, channels: list[int], dropout: float) -> nn.Sequential:
-    """Conv 3×3 → BatchNorm → ReLU → 2×2 max-pool per block, then global average pooling."""
-    layers: list[nn.Module] = []
-    width = in_channels
-    for c in channels:
-        layers += [nn.Conv2d(width, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
-                   nn.MaxPool2d(2, ceil_mode=True)]
-        width = c
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(width, num_classes)]
-    return nn.Sequential(*layers)
-
-
 # ---------------------------------------------------------------------------------------------- losses
 
 
-def make_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
-    if name == "cross_entropy":
-        return cross_entropy
-    if name == "nll":
-        return lambda out, y: F.nll_loss(out.flatten(0, -2), y.flatten())
-    if name == "bce_with_logits":
-        return bce_with_logits
-    if name == "mse":
-        return F.mse_loss
-    if name == "l1":
-        return F.l1_loss
-    raise JobError(f"unknown loss {name!r}")
+def make_loss(loss: str | s.PluginLoss, policy: PluginPolicy) -> Callable[[Tensor, Tensor], Tensor]:
+    if isinstance(loss, s.PluginLoss):
+        fn = plugins.call(plugins.resolve("loss", loss.name, policy), loss.name, params=loss.params)
+        if not callable(fn):
+            raise JobError(f"loss plugin {loss.name!r} must return a callable (output, target) -> loss")
+        return fn
+    return LOSSES[loss]
 
 
 def cross_entropy(out: Tensor, y: Tensor) -> Tensor:
@@ -144,17 +179,35 @@ def cross_entropy(out: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(out.flatten(0, -2), y.flatten())
 
 
+def nll(out: Tensor, y: Tensor) -> Tensor:
+    return F.nll_loss(out.flatten(0, -2), y.flatten())
+
+
 def bce_with_logits(out: Tensor, y: Tensor) -> Tensor:
     """Class labels become one-hot targets: one independent sigmoid per class."""
-    if y.dtype in (torch.int64, torch.int32) and y.shape != out.shape:
+    if not y.is_floating_point() and y.shape != out.shape:
         y = F.one_hot(y, out.shape[-1]).to(out.dtype)
     return F.binary_cross_entropy_with_logits(out, y)
+
+
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "cross_entropy": cross_entropy, "nll": nll, "bce_with_logits": bce_with_logits,
+    "mse": F.mse_loss, "l1": F.l1_loss,
+}
 
 
 # ----------------------------------------------------------------------------------- optimizer, device
 
 
-def make_optimizer(optimizer: s.OptimizerSpec, params, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(optimizer: s.OptimizerSpec | s.PluginOptimizer, params, lr: float,
+                   policy: PluginPolicy) -> torch.optim.Optimizer:
+    if isinstance(optimizer, s.PluginOptimizer):
+        factory = plugins.resolve("optimizer", optimizer.name, policy)
+        made = plugins.call(factory, optimizer.name, list(params), lr, params=optimizer.params)
+        if not isinstance(made, torch.optim.Optimizer):
+            raise JobError(f"optimizer plugin {optimizer.name!r} returned {type(made).__name__}, "
+                           "not a torch.optim.Optimizer")
+        return made
     cls = getattr(torch.optim, s.OPTIMIZER_CLASSES[optimizer.name])
     return cls(params, lr=lr, **optimizer.params)
 
@@ -162,6 +215,20 @@ def make_optimizer(optimizer: s.OptimizerSpec, params, lr: float) -> torch.optim
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise JobError("the job asks for device cuda, but this worker has no CUDA GPU; use auto or cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise JobError(f"the job asks for device {device}, but this worker has no CUDA GPU; use auto or cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise JobError(f"the job asks for {device}, but this worker has {torch.cuda.device_count()} GPU(s) "
+                           f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return torch.device(device)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse what the hardware cannot do, in words the user can act on."""
+    if precision == "fp16" and device.type != "cuda":
+        raise JobError(f"precision fp16 needs a CUDA GPU (it trains with a GradScaler); this job runs on "
+                       f"{device}: use bf16 or fp32")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise JobError(f"precision bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 or fp32")

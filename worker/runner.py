@@ -6,6 +6,7 @@ A worker killed at any instant loses no job: its lease expires and the service r
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -13,12 +14,15 @@ import socket
 import threading
 import time
 import traceback
+from pathlib import Path
 
 import httpx
 
 from service import spec as s
 from worker.advise import advise
-from worker.registry import JobError
+from worker.capabilities import describe
+from worker.errors import JobError
+from worker.plugins import PluginPolicy
 
 log = logging.getLogger("lrbs.worker")
 
@@ -35,9 +39,13 @@ class Stop(Exception):
 
 
 class Worker:
-    def __init__(self, url: str, token: str, worker_id: str | None = None, wait_seconds: float = 20.0):
+    def __init__(self, url: str, token: str, worker_id: str | None = None, wait_seconds: float = 20.0,
+                 policy: PluginPolicy | None = None, cache_dir: Path | None = None):
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.wait_seconds = wait_seconds
+        self.policy = policy or PluginPolicy()
+        self.cache_dir = cache_dir or Path.home() / ".cache" / "lrbs" / "datasets"
+        self.registered = False
         self.http = httpx.Client(
             base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(10.0, read=wait_seconds + 10.0),
@@ -53,6 +61,8 @@ class Worker:
         done, backoff = 0, 0.5
         while not self.stopping.is_set() and (max_jobs is None or done < max_jobs):
             try:
+                if not self.registered:
+                    self.register()
                 lease = self.claim()
                 backoff = 0.5
             except httpx.HTTPError as exc:  # service down or restarting: wait and try again
@@ -75,6 +85,14 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_signal)
             signal.signal(signal.SIGINT, on_signal)
+
+    def register(self) -> None:
+        info = describe(self.policy)
+        r = self.http.post("/v1/worker/register", json={"worker_id": self.worker_id, "info": info.model_dump()})
+        r.raise_for_status()
+        self.registered = True
+        log.info("registered: devices %s, plugin modules allowed: %s",
+                 [d.name for d in info.devices], ", ".join(self.policy.modules) or "none")
 
     def claim(self) -> s.Lease | None:
         r = self.http.post("/v1/worker/claim", json={"worker_id": self.worker_id,
@@ -104,7 +122,8 @@ class Worker:
                                       "(LRBS_MAX_RUN_SECONDS); ask for fewer steps or a smaller model")
 
         try:
-            result = advise(lease.spec, on_progress)
+            result = advise(lease.spec, on_progress, policy=self.policy,
+                            fetch_upload=lambda dataset_id: self.fetch_dataset(dataset_id, lease.dataset_sha256))
         except Stop as stop:
             beat.halt()
             self._report_stop(lease, stop)
@@ -122,6 +141,30 @@ class Worker:
             log.info("job %s: succeeded", lease.job_id)
         finally:
             self.busy = False
+
+    def fetch_dataset(self, dataset_id: str, sha256: str | None) -> Path:
+        """Download an uploaded dataset once per content hash, verify it, and keep it for the next job."""
+        if not sha256:
+            raise JobError(f"the service sent no checksum for dataset {dataset_id}")
+        cached = self.cache_dir / f"{sha256}.npz"
+        if cached.exists():
+            return cached
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.part")
+        digest = hashlib.sha256()
+        with self.http.stream("GET", f"/v1/worker/datasets/{dataset_id}") as r:
+            if r.status_code == 404:
+                raise JobError(f"dataset {dataset_id} was deleted from the service")
+            r.raise_for_status()
+            with open(partial, "wb") as out:
+                for chunk in r.iter_bytes(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+        if digest.hexdigest() != sha256:
+            partial.unlink(missing_ok=True)
+            raise RuntimeError(f"dataset {dataset_id} arrived corrupted (sha256 {digest.hexdigest()} != {sha256})")
+        os.replace(partial, cached)
+        return cached
 
     def _report_stop(self, lease: s.Lease, stop: Stop) -> None:
         log.info("job %s: stopped (%s)", lease.job_id, stop.outcome)

@@ -5,10 +5,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from service import queue
+from service import datasets, queue
 from service import spec as s
 from service.api.deps import BodyLimit, SessionsDep, SettingsDep
 from service.db import transaction
+from service.errors import Unprocessable
 from service.limits import check_limits
 from service.models import Job
 
@@ -34,7 +35,15 @@ async def submit(spec: s.JobSpec, request: Request, response: Response, sessions
 
     def write() -> s.Job:
         with transaction(sessions) as session:
-            return to_resource(queue.submit(session, spec, settings))
+            dataset_id = None
+            if isinstance(spec.dataset, s.UploadedDataset):  # its shape is known only from the stored upload
+                row, shape = datasets.shape_for_job(session, spec.dataset)
+                try:
+                    spec.resolve_for(shape)
+                except ValueError as exc:
+                    raise Unprocessable(str(exc), errors=[{"field": "model", "message": str(exc)}]) from None
+                dataset_id = row.id
+            return to_resource(queue.submit(session, spec, settings, dataset_id=dataset_id))
 
     job = await run_in_threadpool(write)
     request.app.state.doorbell.ring()

@@ -3,9 +3,10 @@
 import asyncio
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from service import queue
+from service import datasets, queue, workers
 from service import spec as s
 from service.api.deps import SessionsDep, SettingsDep, WorkerAuth
 from service.db import transaction
@@ -26,12 +27,23 @@ async def claim(body: s.ClaimRequest, request: Request, sessions: SessionsDep, s
     def claim_once() -> s.Lease | None:
         with transaction(sessions) as session:
             job = queue.claim(session, body.worker_id, settings)
-            if job is None:
-                return None
-            return s.Lease(
-                job_id=job.id, lease_token=job.lease_token, lease_seconds=settings.lease_seconds,
-                attempt=job.attempts, max_run_seconds=settings.max_run_seconds, spec=job.spec,
-            )
+        if job is None:
+            return None
+        data_sha = None
+        if job.dataset_id is not None:
+            with transaction(sessions) as session:
+                data_sha = datasets.get(session, job.dataset_id).data_sha256
+        return s.Lease(
+            job_id=job.id, lease_token=job.lease_token, lease_seconds=settings.lease_seconds,
+            attempt=job.attempts, max_run_seconds=settings.max_run_seconds, spec=job.spec,
+            dataset_sha256=data_sha,
+        )
+
+    def mark_seen() -> None:
+        with transaction(sessions) as session:
+            workers.seen(session, body.worker_id)
+
+    await run_in_threadpool(mark_seen)
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.wait_seconds
@@ -79,3 +91,19 @@ def cancelled(job_id: str, body: s.Cancelled, sessions: SessionsDep) -> Response
     with transaction(sessions) as session:
         queue.mark_cancelled(session, job_id, body.lease_token)
     return Response(status_code=204)
+
+
+@router.post("/register", status_code=204, summary="Say what this worker can run")
+def register(body: s.Registration, sessions: SessionsDep) -> Response:
+    with transaction(sessions) as session:
+        workers.seen(session, body.worker_id, body.info)
+    return Response(status_code=204)
+
+
+@router.get("/datasets/{dataset_id}", summary="Download an uploaded dataset as canonical .npz",
+            response_class=FileResponse)
+def download_dataset(dataset_id: str, sessions: SessionsDep, settings: SettingsDep) -> FileResponse:
+    with transaction(sessions) as session:
+        row = datasets.get(session, dataset_id)
+    return FileResponse(datasets.blob_path(settings, row.sha256), media_type="application/octet-stream",
+                        headers={"X-Content-SHA256": row.data_sha256})

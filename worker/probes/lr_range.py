@@ -10,6 +10,13 @@ run is aborted by an exception (on_progress raising is how the worker cancels a 
 
 Speed: the loop costs what a bare training loop costs. Losses stay on the device and are read
 back once every `check_every` steps; smoothing and the stop rules run on the host per chunk.
+
+The step itself is the one a training pipeline would run, so the curve is the one it will see:
+`precision` ("fp32", "bf16" or "fp16" under autocast; fp16 with a GradScaler, CUDA only),
+`grad_accumulation_steps` (one optimizer step per LR point over that many micro-batches; the
+point's loss is their mean), `grad_clip_norm` and `channels_last`. The loop follows nanoGPT's
+train.py. fp16 adds the one host sync per step that GradScaler.step makes to decide whether to skip
+(fused optimizers avoid it); nothing else does.
 """
 
 from __future__ import annotations
@@ -19,12 +26,14 @@ import inspect
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # "fp32" runs without autocast
 
 @dataclass
 class RangeResult:
@@ -72,24 +81,48 @@ def lr_range_test(
     diverge_factor: float = 4.0,
     check_every: int = 10,
     on_progress: Callable[[int, int], None] | None = None,
+    precision: str = "fp32",
+    grad_accumulation_steps: int = 1,
+    grad_clip_norm: float | None = None,
+    channels_last: bool = False,
 ) -> RangeResult:
     """Run the LR range test on a copy of `model` and `optimizer`; see the module docstring.
 
     Stops early when the smoothed loss exceeds `diverge_factor` × the best smoothed loss so far
     (from the second step on), or when a loss is not finite. `on_progress(step_done, total)` is
     called once per chunk of `check_every` steps; an exception it raises propagates.
+
+    Each of the `num_steps` LR points is one optimizer step over `grad_accumulation_steps`
+    micro-batches drawn from `batches`. `grad_clip_norm` clips the total gradient norm (after
+    unscaling) before the step. `channels_last` puts the copy and 4-D inputs in channels-last memory.
     """
     if not 0 <= smoothing < 1:
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
     if check_every < 1:
         raise ValueError(f"check_every must be at least 1, got {check_every}")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
+    if grad_accumulation_steps < 1:
+        raise ValueError(f"grad_accumulation_steps must be at least 1, got {grad_accumulation_steps}")
+    if grad_clip_norm is not None and not grad_clip_norm > 0:
+        raise ValueError(f"grad_clip_norm must be > 0 (or None for no clipping), got {grad_clip_norm}")
+    device = _device_of(model)
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(
+            f"fp16 needs a CUDA device (GradScaler), but the model is on {device.type}; use 'bf16' or 'fp32'"
+        )
     lrs = lr_schedule(min_lr, max_lr, num_steps, mode)
 
     t0 = time.perf_counter()
     model, optimizer = _copy_for_probe(model, optimizer)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # in place: the optimizer copy keeps the same parameters
     model.train()
-    device = _device_of(model)
-    loss_buf = torch.empty(num_steps, dtype=torch.float32, device=device)  # on device until a chunk ends
+    accum = grad_accumulation_steps
+    ctx = nullcontext() if precision == "fp32" else torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # disabled: a pass-through
+    # One row per LR point, one column per micro-batch; on device until a chunk ends.
+    loss_buf = torch.empty(num_steps, accum, dtype=torch.float32, device=device)
     data = _forever(batches)
 
     curve_lrs: list[float] = []
@@ -105,19 +138,29 @@ def lr_range_test(
                 group["lr"].fill_(lr)  # capturable/fused optimizers keep lr as a tensor
             else:
                 group["lr"] = lr
-        x, y = next(data)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        loss_buf[step] = loss.detach()  # a device-side copy: no host sync here
+        for micro in range(accum):
+            x, y = next(data)
+            if channels_last and x.dim() == 4:
+                x = x.to(device, memory_format=torch.channels_last, non_blocking=True)
+            else:
+                x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            with ctx:
+                loss = loss_fn(model(x), y)
+            loss_buf[step, micro] = loss.detach().float()  # a device-side copy: no host sync here
+            scaler.scale(loss / accum if accum > 1 else loss).backward()  # skip a no-op divide (and its backward)
+        if grad_clip_norm is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)  # returns the norm on device: not read
+        scaler.step(optimizer)
+        scaler.update()
         steps_run = step + 1
 
         if steps_run % check_every and steps_run < num_steps:
             continue
         # End of a chunk: one readback, then smoothing and stop rules on the host.
-        for i, raw in enumerate(loss_buf[chunk_start:steps_run].tolist(), start=chunk_start):
+        for i, raw in enumerate(loss_buf[chunk_start:steps_run].mean(dim=1).tolist(), start=chunk_start):
             if not math.isfinite(raw):  # explicit: a NaN compares False and would slip past the rule below
                 stop_reason, stopped_at = "non_finite", i
                 break

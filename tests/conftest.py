@@ -60,8 +60,9 @@ def database_url(request, tmp_path):
 
 
 @pytest.fixture
-def settings(database_url) -> Settings:
-    return Settings(database_url=database_url, worker_token=WORKER_TOKEN, auto_migrate=True)
+def settings(database_url, tmp_path) -> Settings:
+    return Settings(database_url=database_url, worker_token=WORKER_TOKEN, auto_migrate=True,
+                    data_dir=tmp_path / "data")
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ def service(database_url: str, tmp_path, workers: int = 1, **settings: str):
     """`lrbs serve` on a free port; yields an httpx client pointed at it."""
     port = free_port()
     env = {"LRBS_DATABASE_URL": database_url, "LRBS_WORKER_TOKEN": WORKER_TOKEN, "LRBS_AUTO_MIGRATE": "1",
-           **{f"LRBS_{k.upper()}": v for k, v in settings.items()}}
+           "LRBS_DATA_DIR": str(tmp_path / "data"), **{f"LRBS_{k.upper()}": v for k, v in settings.items()}}
     args = ["-m", "lrbs", "serve", "--port", str(port), "--workers", str(workers)]
     with process(args, env, tmp_path / "service.log") as proc, httpx.Client(
         base_url=f"http://127.0.0.1:{port}", timeout=30
@@ -182,7 +182,7 @@ def test_a_plugin_model_on_an_uploaded_dataset(tmp_path, plugin_site):
     buf = io.BytesIO()
     np.savez(buf, x=(centers[y] + rng.normal(size=(400, 6))).astype(np.float32), y=y)
     mark = tmp_path / "evil-imported"
-    with service(sqlite_url(tmp_path), tmp_path, workers=0, data_dir=str(tmp_path / "data")) as http:
+    with service(sqlite_url(tmp_path), tmp_path, workers=0) as http:
         env = {"LRBS_WORKER_TOKEN": WORKER_TOKEN, "PYTHONPATH": str(plugin_site),
                "LRBS_PLUGIN_MODULES": "lrbs_test_plugins", "LRBS_CACHE_DIR": str(tmp_path / "cache"),
                "LRBS_TEST_EVIL_MARK": str(mark)}

@@ -62,7 +62,8 @@ def prepare(path: Path, filename: str, sha256: str, size: int, target_column: st
     """Parse and validate the received file and write its canonical .npz; the row is not stored yet."""
     try:
         fmt = detect_format(filename)
-        parsed = parse_upload(path, filename, target_column=target_column)
+        parsed = parse_upload(path, filename, target_column=target_column,
+                              max_array_bytes=int(settings.max_unpacked_mb * (1 << 20)))
     except UploadError as exc:
         raise Unprocessable(str(exc), errors=[{"field": "file", "message": str(exc)}]) from None
     blob = blob_path(settings, sha256)

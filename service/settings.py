@@ -35,4 +35,5 @@ class Settings(BaseSettings):
     max_samples: int = Field(1_000_000, gt=0, description="Largest built-in dataset a job may generate.")
     max_page_size: int = Field(200, gt=0)
     max_upload_mb: float = Field(512, gt=0, description="Largest dataset upload, in MiB.")
+    max_unpacked_mb: float = Field(8192, gt=0, description="Largest size a compressed .npz upload may unpack to.")
     worker_online_seconds: float = Field(90.0, gt=0, description="A worker not heard from this long is offline.")

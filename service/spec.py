@@ -390,6 +390,10 @@ class LRRangeSpec(Strict):
     smoothing: float = Field(0.98, ge=0, lt=1, description="β of the debiased EMA of the loss.")
     diverge_factor: float = Field(4.0, gt=1, description="Stop when the smoothed loss passes this × best.")
     batch_size: PositiveInt = Field(64, description="Micro-batch size used by the sweep.")
+    thoroughness: Literal["quick", "standard", "thorough"] = Field(
+        "standard", description="quick: one sweep; standard: the median of 3 sweeps (seeds seed, seed+1, seed+2); "
+        "thorough: standard plus short confirmation trainings around the suggestion.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> LRRangeSpec:
@@ -559,7 +563,8 @@ class Result(BaseModel):
     )
     stop_reason: Literal["completed", "diverged", "non_finite"]
     diverged_at_lr: float | None = Field(None, description="The LR at which the sweep stopped early.")
-    steps_run: int
+    steps_run: int = Field(description="Optimizer steps over all sweeps.")
+    sweeps: int = Field(1, description="Range tests run; the curve is their per-step median.")
     environment: Environment
     wall_time_s: float
 

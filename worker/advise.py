@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import lrbs
@@ -20,6 +21,7 @@ ProgressFn = Callable[[s.Progress], None]
 
 # torch.optim.lr_scheduler.OneCycleLR's default: the cycle starts at max_lr / 25.
 ONE_CYCLE_DIV_FACTOR = 25.0
+SWEEPS = {"quick": 1, "standard": 3, "thorough": 3}  # range tests per job, by lr_range.thoroughness
 
 
 def advise(spec: s.JobSpec, on_progress: ProgressFn | None = None, *, policy: PluginPolicy | None = None,
@@ -39,23 +41,32 @@ def advise(spec: s.JobSpec, on_progress: ProgressFn | None = None, *, policy: Pl
         spec.resolve_for(data.shape)  # plugin data is first seen here: default loss, model and loss fit
     except ValueError as exc:
         raise JobError(str(exc)) from None
-    model = registry.make_model(spec.model, data.shape, spec.loss if isinstance(spec.loss, str) else None, policy)
-    model = model.to(device)
+    loss_name = spec.loss if isinstance(spec.loss, str) else None
     loss_fn = registry.make_loss(spec.loss, policy)
     rng = spec.lr_range
-    optimizer = registry.make_optimizer(spec.optimizer, model.parameters(), rng.min_lr, policy)
-    batches = data.batches(rng.batch_size, spec.seed)
+    sweeps = SWEEPS[rng.thoroughness]
+    total = sweeps * rng.num_steps
 
-    def range_progress(step: int, total: int) -> None:
-        report(s.Progress(phase="lr_range", step=step, total=total, fraction=min(1.0, step / total)))
+    curves: list[RangeResult] = []
+    for sweep in range(sweeps):  # each sweep: its own initialisation and data order
+        seed = spec.seed + sweep
+        torch.manual_seed(seed)
+        model = registry.make_model(spec.model, data.shape, loss_name, policy).to(device)
+        optimizer = registry.make_optimizer(spec.optimizer, model.parameters(), rng.min_lr, policy)
+        done = sweep * rng.num_steps
 
-    curve = lr_range_test(
-        model, loss_fn, optimizer, batches,
-        min_lr=rng.min_lr, max_lr=rng.max_lr, num_steps=rng.num_steps, mode=rng.mode,
-        smoothing=rng.smoothing, diverge_factor=rng.diverge_factor, on_progress=range_progress,
-        precision=spec.precision, grad_accumulation_steps=spec.grad_accumulation_steps,
-        grad_clip_norm=spec.grad_clip_norm, channels_last=spec.channels_last,
-    )
+        def range_progress(step: int, _total: int, done: int = done) -> None:
+            at = done + step
+            report(s.Progress(phase="lr_range", step=at, total=total, fraction=min(1.0, at / total)))
+
+        curves.append(lr_range_test(
+            model, loss_fn, optimizer, data.batches(rng.batch_size, seed),
+            min_lr=rng.min_lr, max_lr=rng.max_lr, num_steps=rng.num_steps, mode=rng.mode,
+            smoothing=rng.smoothing, diverge_factor=rng.diverge_factor, on_progress=range_progress,
+            precision=spec.precision, grad_accumulation_steps=spec.grad_accumulation_steps,
+            grad_clip_norm=spec.grad_clip_norm, channels_last=spec.channels_last,
+        ))
+    curve = median_curve(curves)
     suggestions = suggest.suggest_all(curve.lrs, curve.smoothed)
     choice = suggest.choose(suggestions, spec.schedule)
     return s.Result(
@@ -64,12 +75,35 @@ def advise(spec: s.JobSpec, on_progress: ProgressFn | None = None, *, policy: Pl
         recommendation=recommendation(choice, spec, min(rng.batch_size, data.n_train)),
         stop_reason=curve.stop_reason,
         diverged_at_lr=stop_lr(curve, spec),
-        steps_run=curve.steps_run,
+        steps_run=sum(c.steps_run for c in curves),
+        sweeps=sweeps,
         environment=s.Environment(
             device=str(device), torch=torch.__version__, python=platform.python_version(),
             lrbs=lrbs.__version__,
         ),
         wall_time_s=time.perf_counter() - started,
+    )
+
+
+def median_curve(curves: list[RangeResult]) -> RangeResult:
+    """Several sweeps → one curve: the per-step median over the steps every sweep reached.
+
+    One sweep's curve swings with its initialisation and data order (fastai #3295); the median of a few
+    keeps the shape they share. A sweep that stopped early cuts the others there: past that point at
+    least one run had blown up.
+    """
+    if len(curves) == 1:
+        return curves[0]
+    shortest = min(curves, key=lambda c: len(c.lrs))
+    n = len(shortest.lrs)
+    return RangeResult(
+        lrs=shortest.lrs,
+        losses=[float(v) for v in np.median([c.losses[:n] for c in curves], axis=0)] if n else [],
+        smoothed=[float(v) for v in np.median([c.smoothed[:n] for c in curves], axis=0)] if n else [],
+        stop_reason=shortest.stop_reason,
+        stopped_at=shortest.stopped_at,
+        steps_run=sum(c.steps_run for c in curves),
+        wall_time_s=sum(c.wall_time_s for c in curves),
     )
 
 

@@ -35,6 +35,7 @@ class TrainData:
     shape: s.DataShape
     batches: Callable[[int, int], Iterable[tuple[Tensor, Tensor]]]  # (batch_size, seed) -> re-iterable
     n_train: int
+    val_batches: Callable[[int], Iterable[tuple[Tensor, Tensor]]]  # batch_size -> every validation sample once
 
 
 def load_data(dataset: s.DatasetSpec, device: torch.device, policy: PluginPolicy,
@@ -79,14 +80,22 @@ def shape_of(data: datasets.Data) -> s.DataShape:
 
 def _tensors(data: datasets.Data, device: torch.device, shape: s.DataShape | None = None) -> TrainData:
     shape = shape or shape_of(data)
-    x, y = data.x, data.y
-    if shape.task != "language_modeling":
-        x = x.float()
-        y = y.long() if shape.task == "classification" else y.float().reshape(len(y), -1)
-    else:
-        x, y = x.long(), y.long()
-    x, y = x.to(device), y.to(device)  # small enough to live on the device: no per-batch copies
-    return TrainData(shape, lambda batch_size, seed: datasets.Batches(x, y, batch_size, seed), len(x))
+
+    def typed(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        if shape.task == "language_modeling":
+            x, y = x.long(), y.long()
+        else:
+            x = x.float()
+            y = y.long() if shape.task == "classification" else y.float().reshape(len(y), -1)
+        return x.to(device), y.to(device)  # small enough to live on the device: no per-batch copies
+
+    x, y = typed(data.x, data.y)
+    x_val, y_val = typed(data.x_val, data.y_val)
+    return TrainData(
+        shape, lambda batch_size, seed: datasets.Batches(x, y, batch_size, seed), len(x),
+        lambda batch_size: [(x_val[i : i + batch_size], y_val[i : i + batch_size])
+                            for i in range(0, len(x_val), batch_size)],
+    )
 
 
 def _from_plugin(made, dataset: s.PluginDataset, device: torch.device) -> TrainData:
@@ -112,7 +121,7 @@ def _from_plugin(made, dataset: s.PluginDataset, device: torch.device) -> TrainD
             return DataLoader(train, batch_size=min(batch_size, len(train)), shuffle=True, drop_last=True,
                               generator=torch.Generator().manual_seed(seed))
 
-        return TrainData(shape, loader, len(train))
+        return TrainData(shape, loader, len(train), lambda batch_size: DataLoader(made[1], batch_size=batch_size))
     raise JobError(f"dataset plugin {dataset.name!r} must return (train, val) torch Datasets or arrays "
                    f"(x, y, x_val, y_val); it returned {type(made).__name__}")
 

@@ -1,0 +1,153 @@
+"""How good is LR advice? Every method's suggestion, trained at, against the best LR of a grid search.
+
+    python -m benchmarks.lr_quality.grid     # once: the ground truth (cached)
+    python -m benchmarks.lr_quality.run      # suggestions (cached per method) → training → regret tables
+
+regret = (L(suggested) − L(best)) / (L(untrained) − L(best)), with L the mean final validation loss over
+the training seeds and L(best) the best grid point's; 0 is as good as the grid's best, 1 is as bad as
+not training; a diverged run is infinite regret. A suggestion between grid points can beat the grid's
+best: that counts as 0. Each method runs over several finder seeds; every (task, schedule, finder seed)
+is one sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.lr_quality import grid
+from benchmarks.lr_quality.tasks import SCHEDULES, TASKS, Task
+from benchmarks.lr_quality.training import POLICY, build, data_of
+from worker.advise import advise
+
+FINDER_SEEDS = (100, 200, 300)
+SUGGESTIONS_FILE = grid.CACHE / "suggestions.json"
+TRAINED_FILE = grid.CACHE / "suggested.json"
+RESULTS_FILE = Path(__file__).parent / "results.md"
+LRBS_RULES = ("steepest", "valley", "minimum", "slide")
+ANCHORS = ("pytorch-lr-finder", "lightning")
+
+
+def lrbs_suggestions(task: Task, finder_seed: int) -> dict[str, dict]:
+    """{f"{method}|{schedule}": {"lr", "wall_time_s"}} from the service's own code, default settings."""
+    out = {}
+    for schedule in SCHEDULES:
+        result = advise(task.job(schedule, seed=finder_seed))
+        rec = result.recommendation
+        out[f"lrbs recommended|{schedule}"] = {"lr": rec.lr if rec else None, "wall_time_s": result.wall_time_s}
+        for rule in LRBS_RULES:
+            out[f"lrbs {rule}|{schedule}"] = {"lr": result.suggestions[rule].lr, "wall_time_s": result.wall_time_s}
+    return out
+
+
+def anchor_suggestions(task: Task, finder_seed: int) -> dict[str, dict]:
+    from benchmarks.lr_quality.anchors import lightning_suggestion, torch_lr_finder_suggestion
+
+    spec, data, model, loss_fn, optimizer = build(task, finder_seed, 1e-7)
+    found = {"pytorch-lr-finder": torch_lr_finder_suggestion(
+        model, loss_fn, optimizer, data.batches(task.batch_size, finder_seed), min_lr=1e-7, max_lr=10.0)}
+    spec, data, model, loss_fn, _ = build(task, finder_seed, 1e-7)
+    from worker import registry
+
+    def make_optimizer(params, lr):
+        return registry.make_optimizer(spec.optimizer, params, lr, POLICY)
+
+    batches = data.batches(task.batch_size, finder_seed)
+    found["lightning"] = lightning_suggestion(model, loss_fn, make_optimizer, batches)
+    return {f"{name}|{schedule}": {"lr": s.lr, "wall_time_s": s.wall_time_s}
+            for name, s in found.items() for schedule in SCHEDULES}
+
+
+def collect(methods: set[str], refresh: set[str]) -> dict[str, dict]:
+    """Suggestions per f"{task}|{finder_seed}", cached; `refresh` names method groups to recompute."""
+    cache = json.loads(SUGGESTIONS_FILE.read_text()) if SUGGESTIONS_FILE.exists() else {}
+    for task in TASKS:
+        for fs in FINDER_SEEDS:
+            entry = cache.setdefault(f"{task.name}|{fs}", {})
+            if "lrbs" in methods and ("lrbs" in refresh or not any(k.startswith("lrbs") for k in entry)):
+                entry.update(lrbs_suggestions(task, fs))
+            if "anchors" in methods and ("anchors" in refresh or not any(k.startswith(ANCHORS) for k in entry)):
+                entry.update(anchor_suggestions(task, fs))
+            SUGGESTIONS_FILE.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        print(f"  suggestions ready: {task.name}", flush=True)
+    return cache
+
+
+def rounded(lr: float | None) -> float | None:
+    return None if lr is None or not math.isfinite(lr) or lr <= 0 else float(f"{lr:.4g}")
+
+
+def regret(results: dict[str, float], task: str, schedule: str, lr: float | None) -> float:
+    best = min(grid.mean_loss(results, task, schedule, g) for g in grid.GRID)
+    untrained = grid.mean_loss(results, task, "untrained", 0.0)
+    if lr is None:
+        return math.inf  # no advice is as bad as advice that diverges
+    loss = grid.mean_loss(results, task, schedule, lr)
+    return max(0.0, (loss - best) / (untrained - best)) if math.isfinite(loss) else math.inf
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="*", default=["lrbs", "anchors"], choices=["lrbs", "anchors"])
+    parser.add_argument("--refresh", nargs="*", default=[], choices=["lrbs", "anchors"],
+                        help="recompute these suggestions instead of reading the cache")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for task in TASKS:
+        data_of(task)  # load once, before timing anything
+    suggestions = collect(set(args.methods), set(args.refresh))
+    samples = [(task.name, fs, method, schedule, rounded(v["lr"]), v["wall_time_s"])
+               for task in TASKS for fs in FINDER_SEEDS
+               for k, v in suggestions[f"{task.name}|{fs}"].items()
+               for method, schedule in [k.split("|")]]
+    jobs = [(t, sch, lr, seed) for t, _, _, sch, lr, _ in samples if lr is not None for seed in grid.SEEDS]
+    results = grid.load()
+    results.update(grid.train_many(jobs, TRAINED_FILE))
+    report(samples, results)
+
+
+def report(samples, results) -> None:
+    methods = sorted({m for _, _, m, *_ in samples}, key=lambda m: (not m.startswith("lrbs recommended"), m))
+    lines = ["# LR advice against grid search", "",
+             f"{len(TASKS)} tasks × {len(SCHEDULES)} schedules × {len(FINDER_SEEDS)} finder seeds; "
+             f"grid {len(grid.GRID)} LRs ({grid.POINTS_PER_DECADE}/decade, {grid.GRID[0]:g}–{grid.GRID[-1]:g}), "
+             f"{len(grid.SEEDS)} training seeds; torch {torch.__version__}, CPU.", ""]
+    for task in TASKS:
+        lines += [f"## {task.name}", "", "| method | " + " | ".join(SCHEDULES) + " |",
+                  "|---|" + "---|" * len(SCHEDULES)]
+        for method in methods:
+            cells = []
+            for schedule in SCHEDULES:
+                rs = [regret(results, task.name, schedule, lr) for t, _, m, sch, lr, _ in samples
+                      if t == task.name and m == method and sch == schedule]
+                cells.append(" ".join(_pct(r) for r in rs))
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Summary (all tasks, schedules and finder seeds)", "",
+              "| method | median regret | worst regret | within 2% | probe wall time per job (median s) |",
+              "|---|---|---|---|---|"]
+    for method in methods:
+        rs = [regret(results, t, sch, lr) for t, _, m, sch, lr, _ in samples if m == method]
+        times = [wall for _, _, m, _, _, wall in samples if m == method]
+        within = sum(r <= 0.02 for r in rs) / len(rs)
+        lines.append(f"| {method} | {_pct(statistics.median(rs))} | {_pct(max(rs))} | {within:.0%} | "
+                     f"{statistics.median(times):.2f} |")
+    text = "\n".join(lines)
+    RESULTS_FILE.write_text(text + "\n")
+    print(text)
+
+
+def _pct(r: float) -> str:
+    return "∞" if not math.isfinite(r) else f"{100 * r:.1f}%"
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    main()
+    print(f"\n(total {time.perf_counter() - started:.0f} s)")

@@ -402,7 +402,7 @@ class LRRangeSpec(Strict):
         return self
 
 
-Schedule = Literal["constant", "cosine", "one_cycle"]
+Schedule = Literal["constant", "cosine", "one_cycle", "step", "exponential"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
 IMAGE_MODELS = (CNNModel, ResNetModel)
@@ -483,6 +483,10 @@ class JobSpec(Strict):
         None, description="Candidate batch sizes for the batch-size probes (distinct, positive)."
     )
     schedule: Schedule = Field("one_cycle", description="The LR schedule you will train with.")
+    train_steps: PositiveInt | None = Field(
+        None, le=100_000_000,
+        description="Optimizer steps you will train for; sets the schedule's parameters (default 1000).",
+    )
     precision: Precision = Field(
         "fp32", description="bf16 and fp16 run under autocast; fp16 needs CUDA and uses a GradScaler."
     )
@@ -533,19 +537,41 @@ class SuggestionOut(BaseModel):
     reason: str
 
 
+class Candidate(BaseModel):
+    lr: float
+    val_loss: float | None = Field(description="Final validation loss of the short confirmation run (null: diverged).")
+
+
 class Recommendation(BaseModel):
     """Settings a training pipeline can use as-is."""
 
     schedule: Schedule
-    lr: float = Field(description="The LR to train with: the peak LR for cosine, max_lr for one_cycle.")
+    lr: float = Field(description="The LR to train with: the peak LR for cosine, step and exponential, "
+                      "max_lr for one_cycle, the LR for constant.")
+    lr_low: float = Field(description="Lower end of the range lrbs considers safe for this schedule.")
+    lr_high: float = Field(description="Upper end of the safe range: past it training degrades or diverges.")
+    confidence: Literal["high", "medium", "low"] = Field(
+        description="How much the range-test sweeps agreed (and whether a fallback rule had to answer)."
+    )
+    train_steps: int = Field(description="The training length the schedule parameters are for.")
+    schedule_params: dict[str, float | int] = Field(
+        description="Every parameter of the schedule: cosine peak LR, warm-up steps and final LR; one-cycle "
+        "max_lr, div_factor, pct_start, final_div_factor; step and exponential initial LR, decay and interval."
+    )
+    warmup_steps: int = 0
+    warmup_reason: str | None = Field(None, description="Why a warm-up is (or is not) advised.")
+    snippet: str = Field(description="PyTorch code that builds this optimizer and scheduler.")
     base_lr: float | None = Field(None, description="one_cycle: the starting LR (max_lr / div_factor).")
     max_lr: float | None = Field(None, description="one_cycle: the peak LR.")
     div_factor: float | None = Field(None, description="one_cycle: max_lr / base_lr.")
     batch_size: int = Field(description="The micro-batch the range test ran at.")
     grad_accumulation_steps: int = 1
     effective_batch_size: int = Field(0, description="batch_size × grad_accumulation_steps.")
-    rule: str = Field(description="The suggestion rule that chose the LR.")
-    reason: str
+    rule: str = Field(description="The rule that chose the LR.")
+    reason: str = Field(description="How the LR was chosen, in plain words.")
+    confirmation: list[Candidate] | None = Field(
+        None, description="thorough only: the short trainings that confirmed the LR, one per candidate."
+    )
 
 
 class Environment(BaseModel):

@@ -8,6 +8,7 @@ from worker.advise import advise
 from worker.errors import JobError
 
 QUICK = {"num_steps": 30, "batch_size": 16}
+SWEEP = {"num_steps": 60, "batch_size": 16, "min_lr": 1e-4}  # short, but long enough to find a minimum
 
 
 def job(**parts) -> JobSpec:
@@ -67,3 +68,37 @@ def test_specs_refuse_mismatched_models_and_data():
             dataset={"name": "synthetic_tokens"})
     with pytest.raises(ValueError, match="should match pattern"):
         job(device="tpu")
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "one_cycle", "step", "exponential"])
+def test_the_snippet_builds_the_recommended_schedule(schedule):
+    rec = advise(job(schedule=schedule, train_steps=200, lr_range={**SWEEP, "thoroughness": "quick"})).recommendation
+    assert rec.train_steps == 200 and rec.lr_low <= rec.lr <= rec.lr_high
+    scope = {"torch": torch, "model": torch.nn.Linear(2, 2)}
+    exec(rec.snippet, scope)  # the code a user pastes
+    lrs = []
+    for _ in range(200):
+        lrs.append(scope["optimizer"].param_groups[0]["lr"])
+        scope["optimizer"].step()
+        scope["scheduler"].step()
+    assert max(lrs) == pytest.approx(rec.lr, rel=1e-3)  # the peak is the recommended LR (4 digits in code)
+    if schedule == "one_cycle":
+        assert rec.schedule_params["max_lr"] == rec.lr and lrs[0] == pytest.approx(rec.base_lr, rel=1e-3)
+    if schedule in ("step", "exponential"):
+        assert lrs[-1] < rec.lr / 50  # decayed
+
+
+def test_adam_gets_a_warmup_and_says_why():
+    rec = advise(job(schedule="cosine", optimizer={"name": "adam"}, train_steps=400, lr_range=SWEEP)).recommendation
+    assert rec.warmup_steps == 20 and "adam" in rec.warmup_reason
+    assert rec.schedule_params["warmup_steps"] == 20 and "LinearLR" in rec.snippet
+    sgd = advise(job(schedule="one_cycle", lr_range=SWEEP)).recommendation
+    assert sgd.warmup_steps == 0 and "pct_start" in sgd.warmup_reason
+
+
+def test_thorough_confirms_with_short_trainings():
+    result = advise(job(schedule="constant", train_steps=60, lr_range={**SWEEP, "thoroughness": "thorough"}))
+    rec = result.recommendation
+    assert [c.lr for c in rec.confirmation] == pytest.approx([rec.confirmation[1].lr * f for f in (0.5, 1, 2)])
+    best = min((c for c in rec.confirmation if c.val_loss is not None), key=lambda c: c.val_loss)
+    assert rec.lr == best.lr and rec.rule.endswith("+confirm") and result.sweeps == 3

@@ -5,7 +5,18 @@ import math
 import numpy as np
 import pytest
 
-from worker.suggest import RULES, Choice, Suggestion, choose, minimum, slide, steepest, suggest_all, valley
+from worker.suggest import (
+    PEAK_PER_LOWEST,
+    RULES,
+    Suggestion,
+    choose,
+    lowest,
+    minimum,
+    slide,
+    steepest,
+    suggest_all,
+    valley,
+)
 
 FALL_LOW, FALL_HIGH = 1e-4, 1e-2  # where the synthetic loss falls steeply
 
@@ -170,10 +181,10 @@ def _pathological():
 
 
 @pytest.mark.parametrize("case", list(_pathological()))
-@pytest.mark.parametrize("name", list(RULES))
+@pytest.mark.parametrize("name", [*RULES, "lowest"])
 def test_unreadable_curves_give_no_answer_and_a_reason(name, case):
     lrs, loss = _pathological()[case]
-    assert_no_answer(RULES[name](lrs, loss))
+    assert_no_answer({**RULES, "lowest": lowest}[name](lrs, loss))
 
 
 def test_flat_curve_says_the_loss_never_fell():
@@ -199,30 +210,40 @@ def _s(lr: float | None, reason: str = "because") -> Suggestion:
     return Suggestion(lr=lr, index=None if lr is None else 0, reason=reason)
 
 
-def test_choose_prefers_valley():
-    c = choose({"steepest": _s(1e-3), "valley": _s(2e-3), "minimum": _s(3e-3), "slide": _s(4e-3)}, "constant")
-    assert c == Choice(lr=2e-3, rule="valley", reason=c.reason)
-    assert "valley" in c.reason
+def test_choose_reads_where_the_loss_bottoms_out_and_scales_it_by_schedule():
+    at_min = 3e-2
+    suggestions = {"steepest": _s(1e-3), "valley": _s(2e-3), "minimum": _s(3e-3), "slide": _s(4e-3),
+                   "lowest": _s(at_min)}
+    constant, cosine = choose(suggestions, "constant"), choose(suggestions, "cosine")
+    assert constant.rule == "lowest×schedule"
+    assert constant.lr == pytest.approx(PEAK_PER_LOWEST["constant"] * at_min)
+    assert cosine.lr > constant.lr  # a decaying schedule can start higher
+    for c in (constant, cosine):
+        assert c.lr_low < c.lr < c.lr_high <= at_min
+    assert "cosine" in cosine.reason
+
+
+def test_confidence_follows_how_well_the_sweeps_agree():
+    suggestions = {"lowest": _s(3e-2)}
+    assert choose(suggestions, "constant", [3e-2, 3.5e-2, 2.8e-2]).confidence == "high"
+    assert choose(suggestions, "constant", [1e-2, 3e-2]).confidence == "medium"
+    assert choose(suggestions, "constant", [3e-3, 3e-2, 3e-1]).confidence == "low"
+    assert choose(suggestions, "constant").confidence == "medium"  # one sweep: nothing to compare
 
 
 @pytest.mark.parametrize(
     ("answers", "rule"),
     [
-        ({"valley": None, "steepest": 1e-3, "minimum": 3e-3, "slide": 4e-3}, "steepest"),
-        ({"valley": None, "steepest": None, "minimum": 3e-3, "slide": 4e-3}, "minimum"),
-        ({"valley": None, "steepest": None, "minimum": None, "slide": 4e-3}, "slide"),
+        ({"lowest": None, "minimum": 3e-3, "valley": 2e-3, "steepest": 1e-3, "slide": 4e-3}, "minimum"),
+        ({"lowest": None, "minimum": None, "valley": 2e-3, "steepest": 1e-3, "slide": 4e-3}, "valley"),
+        ({"lowest": None, "minimum": None, "valley": None, "steepest": 1e-3, "slide": 4e-3}, "steepest"),
+        ({"lowest": None, "minimum": None, "valley": None, "steepest": None, "slide": 4e-3}, "slide"),
     ],
 )
-def test_choose_falls_back_in_order(answers, rule):
+def test_without_a_bottom_the_single_curve_rules_answer_with_low_confidence(answers, rule):
     c = choose({name: _s(lr) for name, lr in answers.items()}, "constant")
-    assert c.rule == rule
-    assert c.lr == answers[rule]
-
-
-def test_choose_names_the_one_cycle_peak():
-    c = choose({"valley": _s(2e-3)}, "one_cycle")
-    assert c.lr == 2e-3
-    assert "max_lr" in c.reason
+    assert c.rule == rule and c.lr == answers[rule] and c.confidence == "low"
+    assert c.lr_low < c.lr < c.lr_high
 
 
 def test_choose_with_no_answer_lists_every_reason():
@@ -235,8 +256,19 @@ def test_choose_with_no_answer_lists_every_reason():
 
 def test_choose_on_real_suggestions():
     lrs, loss = range_curve()
-    c = choose(suggest_all(lrs, loss), "one_cycle")
-    assert c.rule == "valley"
-    assert c.lr == valley(lrs, loss).lr and math.isfinite(c.lr)
+    c = choose(suggest_all(lrs, loss, loss), "one_cycle")
+    assert c.rule == "lowest×schedule"
+    at_min = lrs[int(np.argmin(loss))]  # this hand-made curve is smooth: no average moves its minimum
+    assert c.lr == pytest.approx(PEAK_PER_LOWEST["one_cycle"] * at_min) and math.isfinite(c.lr)
     nothing = choose(suggest_all([], []), "one_cycle")
     assert nothing.lr is None and nothing.rule == "none"
+
+
+def test_lowest_finds_the_bottom_without_the_ema_lag():
+    lrs, loss = range_curve()
+    noisy = np.asarray(loss) * (1 + 0.05 * np.random.default_rng(0).standard_normal(len(loss)))
+    truth = lrs[int(np.argmin(loss))]
+    found = lowest(lrs, noisy)
+    assert found.lr is not None and abs(math.log10(found.lr / truth)) < 0.25  # within a quarter decade
+    assert lowest(lrs[:5], noisy[:5]).lr is None
+    assert lowest(lrs, [math.nan] * len(lrs)).lr is None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +18,17 @@ from worker import registry, suggest
 from worker.errors import JobError
 from worker.plugins import PluginPolicy
 from worker.probes.lr_range import RangeResult, lr_range_test, lr_schedule
+from worker.probes.train import train
+from worker.schedules import DEFAULT_TRAIN_STEPS, schedule_params, snippet
 
 ProgressFn = Callable[[s.Progress], None]
 
-# torch.optim.lr_scheduler.OneCycleLR's default: the cycle starts at max_lr / 25.
-ONE_CYCLE_DIV_FACTOR = 25.0
 SWEEPS = {"quick": 1, "standard": 3, "thorough": 3}  # range tests per job, by lr_range.thoroughness
+CONFIRM_FACTORS = (0.5, 1.0, 2.0)  # thorough: candidates around the suggestion
+CONFIRM_MAX_STEPS = 1000  # thorough: longest confirmation run
+ADAPTIVE_OPTIMIZERS = ("adam", "adamw")
+SPIKE_RATIO = 1.5  # a raw loss this far above its smoothed value is a spike
+WARMUP_SHARE = 0.05
 
 
 def advise(spec: s.JobSpec, on_progress: ProgressFn | None = None, *, policy: PluginPolicy | None = None,
@@ -67,12 +74,18 @@ def advise(spec: s.JobSpec, on_progress: ProgressFn | None = None, *, policy: Pl
             grad_clip_norm=spec.grad_clip_norm, channels_last=spec.channels_last,
         ))
     curve = median_curve(curves)
-    suggestions = suggest.suggest_all(curve.lrs, curve.smoothed)
-    choice = suggest.choose(suggestions, spec.schedule)
+    suggestions = suggest.suggest_all(curve.lrs, curve.smoothed, curve.losses)
+    sweep_minima = [suggest.lowest(c.lrs, c.losses).lr for c in curves]
+    choice = suggest.choose(suggestions, spec.schedule, sweep_minima)
+    train_steps = spec.train_steps or DEFAULT_TRAIN_STEPS
+    confirmation = None
+    if rng.thoroughness == "thorough" and choice.lr is not None:
+        choice, confirmation = confirm(choice, spec, data, loss_fn, loss_name, device, policy, train_steps, report)
     return s.Result(
         curve=s.Curve(lr=curve.lrs, loss=curve.losses, smoothed_loss=curve.smoothed),
         suggestions={name: s.SuggestionOut(lr=g.lr, reason=g.reason) for name, g in suggestions.items()},
-        recommendation=recommendation(choice, spec, min(rng.batch_size, data.n_train)),
+        recommendation=recommendation(choice, spec, min(rng.batch_size, data.n_train), curve, train_steps,
+                                      confirmation),
         stop_reason=curve.stop_reason,
         diverged_at_lr=stop_lr(curve, spec),
         steps_run=sum(c.steps_run for c in curves),
@@ -107,19 +120,79 @@ def median_curve(curves: list[RangeResult]) -> RangeResult:
     )
 
 
-def recommendation(choice: suggest.Choice, spec: s.JobSpec, batch_size: int) -> s.Recommendation | None:
-    """Express the chosen LR in the terms of the schedule the user declared."""
+def confirm(choice: suggest.Choice, spec: s.JobSpec, data: registry.TrainData, loss_fn, loss_name: str | None,
+            device: torch.device, policy: PluginPolicy, train_steps: int, report: ProgressFn):
+    """thorough: short real trainings at the suggestion and either side of it; the best validation loss wins."""
+    steps = min(train_steps, CONFIRM_MAX_STEPS)
+    candidates = [choice.lr * f for f in CONFIRM_FACTORS]
+    scored: list[s.Candidate] = []
+    for i, lr in enumerate(candidates):
+        torch.manual_seed(spec.seed)
+        model = registry.make_model(spec.model, data.shape, loss_name, policy).to(device)
+        optimizer = registry.make_optimizer(spec.optimizer, model.parameters(), lr, policy)
+
+        def progress(step: int, total: int, i: int = i) -> None:
+            done = i * total + step
+            report(s.Progress(phase="confirm", step=done, total=len(candidates) * total,
+                              fraction=done / (len(candidates) * total)))
+
+        batches = data.batches(spec.lr_range.batch_size, spec.seed)
+        params = schedule_params(spec.schedule, lr, steps)
+        loss = train(model, loss_fn, optimizer, batches, data.val_batches(256), schedule=spec.schedule,
+                     schedule_params=params, steps=steps, on_progress=progress)
+        scored.append(s.Candidate(lr=lr, val_loss=loss if math.isfinite(loss) else None))
+    finite = [c for c in scored if c.val_loss is not None]
+    if not finite:
+        return choice, scored
+    best = min(finite, key=lambda c: c.val_loss)
+    reason = (f"{choice.reason}; then confirmed by {len(candidates)} short trainings ({steps} steps each, "
+              f"{spec.schedule}) at {', '.join(f'{c.lr:.3g}' for c in scored)}: {best.lr:.3g} reached the lowest "
+              "validation loss")
+    widened = {"lr_low": min(choice.lr_low or best.lr, best.lr), "lr_high": max(choice.lr_high or best.lr, best.lr)}
+    return replace(choice, lr=best.lr, rule=f"{choice.rule}+confirm", reason=reason, **widened), scored
+
+
+def warmup_advice(spec: s.JobSpec, curve: RangeResult, choice: suggest.Choice, train_steps: int) -> tuple[int, str]:
+    """A linear warm-up over 5% of training when the sweep was unstable early or the optimizer is Adam-family."""
+    if spec.schedule == "one_cycle":
+        return 0, "none needed: one_cycle starts at max_lr / div_factor and ramps up over pct_start of training"
+    reasons = []
+    name = getattr(spec.optimizer, "name", "")
+    if getattr(spec.optimizer, "source", "builtin") == "builtin" and name in ADAPTIVE_OPTIMIZERS:
+        reasons.append(f"{name} takes large, poorly estimated steps while its moment estimates warm up")
+    upto = next((i for i, lr in enumerate(curve.lrs) if lr > (choice.lr_high or choice.lr)), len(curve.lrs))
+    spikes = [i for i in range(min(10, upto), upto) if curve.losses[i] > SPIKE_RATIO * curve.smoothed[i]]
+    if spikes:
+        reasons.append(f"the range test's loss spiked {len(spikes)} time(s) below the recommended LR's safe range "
+                       f"(first at LR {curve.lrs[spikes[0]]:.3g})")
+    if not reasons:
+        return 0, "none needed: the range test was stable up to the recommended LR"
+    steps = max(1, round(WARMUP_SHARE * train_steps))
+    return steps, f"warm up linearly over {steps} steps ({WARMUP_SHARE:.0%} of training): " + "; ".join(reasons)
+
+
+def recommendation(choice: suggest.Choice, spec: s.JobSpec, batch_size: int, curve: RangeResult, train_steps: int,
+                   confirmation: list[s.Candidate] | None = None) -> s.Recommendation | None:
+    """Express the chosen LR in the terms of the schedule the user declared, with every parameter."""
     if choice.lr is None:
         return None
+    warmup, warmup_reason = warmup_advice(spec, curve, choice, train_steps)
+    params = schedule_params(spec.schedule, choice.lr, train_steps, warmup)
     extra = {}
     if spec.schedule == "one_cycle":
-        extra = {"max_lr": choice.lr, "div_factor": ONE_CYCLE_DIV_FACTOR,
-                 "base_lr": choice.lr / ONE_CYCLE_DIV_FACTOR}
+        extra = {"max_lr": choice.lr, "div_factor": params["div_factor"], "base_lr": params["initial_lr"]}
+    if isinstance(spec.optimizer, s.OptimizerSpec):
+        code = snippet(spec.schedule, params, s.OPTIMIZER_CLASSES[spec.optimizer.name], spec.optimizer.params)
+    else:
+        code = snippet(spec.schedule, params, "YourOptimizer", spec.optimizer.params).replace(
+            "torch.optim.YourOptimizer", spec.optimizer.name.replace(":", "."))
     return s.Recommendation(
-        schedule=spec.schedule, lr=choice.lr, batch_size=batch_size,
+        schedule=spec.schedule, lr=choice.lr, lr_low=choice.lr_low or choice.lr, lr_high=choice.lr_high or choice.lr,
+        confidence=choice.confidence, train_steps=train_steps, schedule_params=params, warmup_steps=warmup,
+        warmup_reason=warmup_reason, snippet=code, batch_size=batch_size,
         grad_accumulation_steps=spec.grad_accumulation_steps,
         effective_batch_size=batch_size * spec.grad_accumulation_steps,
-        rule=choice.rule, reason=choice.reason, **extra,
+        rule=choice.rule, reason=choice.reason, confirmation=confirmation, **extra,
     )
 
 

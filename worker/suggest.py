@@ -33,8 +33,11 @@ class Suggestion:
 @dataclass(frozen=True)
 class Choice:
     lr: float | None
-    rule: str  # which rule was used, e.g. "valley"; "none" when no rule answered
+    rule: str  # which rule was used; "none" when no rule answered
     reason: str
+    lr_low: float | None = None  # the range considered safe for the schedule
+    lr_high: float | None = None
+    confidence: str = "low"  # "high" | "medium" | "low"
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,34 @@ def minimum(lrs: ArrayLike, smoothed: ArrayLike) -> Suggestion:
     )
 
 
+LOWEST_WINDOW = 9  # points in the centred average: 0.7 decade on the default 100-step, 8-decade sweep
+
+
+def lowest(lrs: ArrayLike, losses: ArrayLike) -> Suggestion:
+    """The LR at the lowest point of the raw loss after a centred moving average (LOWEST_WINDOW points).
+
+    The debiased EMA every LR finder smooths with lags: its minimum sits to the right of the loss's, by
+    an amount that depends on how steeply the loss turns up. A centred average has no lag, so this is
+    where the loss really bottoms out; lrbs's recommendation is a schedule-dependent fraction of it.
+    """
+    try:
+        raw = np.asarray(losses, dtype=float)
+    except (TypeError, ValueError) as exc:
+        return _no(f"the curve is not numeric ({exc})")
+    if raw.ndim != 1 or len(raw) < LOWEST_WINDOW:
+        return _no(f"too few points for a centred average of {LOWEST_WINDOW}")
+    half = LOWEST_WINDOW // 2
+    centred = np.convolve(np.pad(raw, half, mode="edge"), np.ones(LOWEST_WINDOW) / LOWEST_WINDOW, mode="valid")
+    curve = _prepare(lrs, centred)
+    if isinstance(curve, str):
+        return _no(curve)
+    idx = curve.argmin
+    still_falling = " (the loss was still falling when the sweep ended)" if idx == len(curve.loss) - 1 else ""
+    return Suggestion(lr=float(curve.lrs[idx]), index=idx,
+                      reason=f"the loss bottoms out here (point {idx}, centred average of {LOWEST_WINDOW})"
+                      f"{still_falling}" + curve.note)
+
+
 def slide(lrs: ArrayLike, smoothed: ArrayLike) -> Suggestion:
     """fastai's `slide` rule, made independent of loss scale and curve length.
 
@@ -239,28 +270,57 @@ RULES: dict[str, Callable[[ArrayLike, ArrayLike], Suggestion]] = {
     "slide": slide,
 }
 
-PREFERENCE = ("valley", "steepest", "minimum", "slide")  # order in which `choose` trusts the rules
+PREFERENCE = ("minimum", "valley", "steepest", "slide")  # fallbacks, in order, when `lowest` has no answer
 
 
-def suggest_all(lrs: ArrayLike, smoothed: ArrayLike) -> dict[str, Suggestion]:
-    """Every rule's suggestion for one curve, keyed by rule name."""
-    return {name: rule(lrs, smoothed) for name, rule in RULES.items()}
+def suggest_all(lrs: ArrayLike, smoothed: ArrayLike, losses: ArrayLike | None = None) -> dict[str, Suggestion]:
+    """Every rule's suggestion for one curve, keyed by rule name; with the raw `losses`, also `lowest`."""
+    found = {name: rule(lrs, smoothed) for name, rule in RULES.items()}
+    if losses is not None:
+        found["lowest"] = lowest(lrs, losses)
+    return found
 
 
-def choose(suggestions: dict[str, Suggestion], schedule: str) -> Choice:
-    """Pick the recommended LR from the rules' suggestions: the first of `PREFERENCE` that answers.
+# The recommended LR is PEAK_PER_LOWEST[schedule] × the LR where the median range-test curve bottoms out
+# (`lowest`). The factors are fitted by benchmarks/lr_quality/tune.py on the benchmark's tasks (the one with the
+# lowest worst-case regret); SAFE_BAND is the stretch of factors, relative to the chosen one, inside which
+# no benchmark task lost more than 20% of the best LR's improvement.
+PEAK_PER_LOWEST = {"constant": 0.0708, "cosine": 0.158, "one_cycle": 0.112, "step": 0.200, "exponential": 0.355}
+SAFE_BAND = {"constant": (0.63, 1.41), "cosine": (0.56, 2.24), "one_cycle": (0.50, 1.58), "step": (0.63, 2.0),
+             "exponential": (0.56, 1.58)}
+CONFIDENT_SPREAD, UNSURE_SPREAD = 0.25, 0.5  # decades between the sweeps' minima
 
-    valley first (fastai's default, the most stable of the four on real curves), then steepest,
-    minimum, slide. For "one_cycle" the LR is the schedule's peak (max_lr); for other schedules it
-    is the LR to train at. The order is provisional until tuned against a grid search.
+
+def choose(suggestions: dict[str, Suggestion], schedule: str, sweep_minima: Sequence[float | None] = ()) -> Choice:
+    """The recommended LR for `schedule` (its peak: max_lr for one-cycle), with a safe range and a confidence.
+
+    Where the loss bottoms out is the landmark a range test measures most reliably; how far below it to
+    train depends on the schedule (a decaying schedule can start higher than a constant one). When the curve
+    has no minimum to read, the single-curve rules answer instead, with low confidence.
+    `sweep_minima` are the LRs at the lowest point of each sweep: how much they agree sets the confidence.
     """
+    bottom = suggestions.get("lowest")
+    if bottom is not None and bottom.lr is not None:
+        at_min = bottom.lr
+        factor = PEAK_PER_LOWEST[schedule]
+        lr = factor * at_min
+        low, high = SAFE_BAND[schedule]
+        found = [m for m in sweep_minima if m]
+        spread = float(np.log10(max(found) / min(found))) if len(found) > 1 else None
+        if spread is None:
+            confidence, agreement = "medium", "one sweep, so no agreement to check"
+        else:
+            confidence = "high" if spread <= CONFIDENT_SPREAD else "medium" if spread <= UNSURE_SPREAD else "low"
+            agreement = f"the {len(found)} sweeps' minima lie within {10 ** spread:.2g}× of each other"
+        return Choice(
+            lr=lr, rule="lowest×schedule", lr_low=lr * low, lr_high=min(lr * high, at_min), confidence=confidence,
+            reason=f"{factor:g} × {at_min:.3g}, the LR where the median range-test curve bottoms out: the "
+            f"ratio that trained best with a {schedule} schedule across lrbs's benchmark tasks ({agreement})",
+        )
     for name in PREFERENCE:
         s = suggestions.get(name)
         if s is not None and s.lr is not None:
-            if schedule == "one_cycle":
-                use = "as the peak LR (max_lr) of the one-cycle schedule"
-            else:
-                use = f"as the LR for the {schedule!r} schedule"
-            return Choice(lr=s.lr, rule=name, reason=f"{name} rule, used {use}: {s.reason}")
+            return Choice(lr=s.lr, rule=name, lr_low=s.lr / 3, lr_high=s.lr * 2, confidence="low",
+                          reason=f"the curve has no clear minimum, so the {name} rule answered: {s.reason}")
     why = "; ".join(f"{name}: {s.reason}" for name, s in suggestions.items()) or "no rule was run"
     return Choice(lr=None, rule="none", reason=f"no rule could suggest an LR ({why})")

@@ -30,7 +30,7 @@ FINDER_SEEDS = (100, 200, 300)
 SUGGESTIONS_FILE = grid.CACHE / "suggestions.json"
 TRAINED_FILE = grid.CACHE / "suggested.json"
 RESULTS_FILE = Path(__file__).parent / "results.md"
-LRBS_RULES = ("steepest", "valley", "minimum", "slide")
+LRBS_RULES = ("steepest", "valley", "minimum", "slide", "lowest")
 ANCHORS = ("pytorch-lr-finder", "lightning")
 
 
@@ -38,11 +38,15 @@ def lrbs_suggestions(task: Task, finder_seed: int) -> dict[str, dict]:
     """{f"{method}|{schedule}": {"lr", "wall_time_s"}} from the service's own code, default settings."""
     out = {}
     for schedule in SCHEDULES:
-        result = advise(task.job(schedule, seed=finder_seed))
+        result = advise(task.job(schedule, seed=finder_seed, train_steps=task.steps))
         rec = result.recommendation
         out[f"lrbs recommended|{schedule}"] = {"lr": rec.lr if rec else None, "wall_time_s": result.wall_time_s}
         for rule in LRBS_RULES:
             out[f"lrbs {rule}|{schedule}"] = {"lr": result.suggestions[rule].lr, "wall_time_s": result.wall_time_s}
+        thorough = advise(task.job(schedule, seed=finder_seed, train_steps=task.steps,
+                                   lr_range={"thoroughness": "thorough"}))
+        rec = thorough.recommendation
+        out[f"lrbs thorough|{schedule}"] = {"lr": rec.lr if rec else None, "wall_time_s": thorough.wall_time_s}
     return out
 
 
@@ -97,11 +101,14 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=["lrbs", "anchors"], choices=["lrbs", "anchors"])
     parser.add_argument("--refresh", nargs="*", default=[], choices=["lrbs", "anchors"],
                         help="recompute these suggestions instead of reading the cache")
+    parser.add_argument("--suggest-only", action="store_true", help="collect suggestions (for tune.py), train nothing")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for task in TASKS:
         data_of(task)  # load once, before timing anything
     suggestions = collect(set(args.methods), set(args.refresh))
+    if args.suggest_only:
+        return
     samples = [(task.name, fs, method, schedule, rounded(v["lr"]), v["wall_time_s"])
                for task in TASKS for fs in FINDER_SEEDS
                for k, v in suggestions[f"{task.name}|{fs}"].items()
@@ -113,11 +120,14 @@ def main() -> None:
 
 
 def report(samples, results) -> None:
-    methods = sorted({m for _, _, m, *_ in samples}, key=lambda m: (not m.startswith("lrbs recommended"), m))
+    order = ("lrbs recommended", "lrbs thorough")
+    methods = sorted({m for _, _, m, *_ in samples},
+                     key=lambda m: (m not in order, order.index(m) if m in order else 0, m))
     lines = ["# LR advice against grid search", "",
              f"{len(TASKS)} tasks × {len(SCHEDULES)} schedules × {len(FINDER_SEEDS)} finder seeds; "
              f"grid {len(grid.GRID)} LRs ({grid.POINTS_PER_DECADE}/decade, {grid.GRID[0]:g}–{grid.GRID[-1]:g}), "
-             f"{len(grid.SEEDS)} training seeds; torch {torch.__version__}, CPU.", ""]
+             f"{len(grid.SEEDS)} training seeds; torch {torch.__version__}, CPU. Cells: the regret of each finder "
+             "seed's suggestion; ∞ = the run diverged or the method gave no LR.", ""]
     for task in TASKS:
         lines += [f"## {task.name}", "", "| method | " + " | ".join(SCHEDULES) + " |",
                   "|---|" + "---|" * len(SCHEDULES)]
@@ -144,7 +154,9 @@ def report(samples, results) -> None:
 
 
 def _pct(r: float) -> str:
-    return "∞" if not math.isfinite(r) else f"{100 * r:.1f}%"
+    if not math.isfinite(r):
+        return "∞"
+    return ">1000%" if r > 10 else f"{100 * r:.1f}%"
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Any
 
 from service.spec import JobSpec
 
-SCHEDULES = ("constant", "cosine", "one_cycle")
+SCHEDULES = ("constant", "cosine", "one_cycle", "step", "exponential")
 
 
 @dataclass(frozen=True)

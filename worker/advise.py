@@ -24,7 +24,6 @@ from worker.schedules import DEFAULT_TRAIN_STEPS, schedule_params, snippet
 ProgressFn = Callable[[s.Progress], None]
 
 SWEEPS = {"quick": 1, "standard": 3, "thorough": 3}  # range tests per job, by lr_range.thoroughness
-CONFIRM_FACTORS = (0.5, 1.0, 2.0)  # thorough: candidates around the suggestion
 CONFIRM_MAX_STEPS = 1000  # thorough: longest confirmation run
 ADAPTIVE_OPTIMIZERS = ("adam", "adamw")
 SPIKE_RATIO = 1.5  # a raw loss this far above its smoothed value is a spike
@@ -122,9 +121,10 @@ def median_curve(curves: list[RangeResult]) -> RangeResult:
 
 def confirm(choice: suggest.Choice, spec: s.JobSpec, data: registry.TrainData, loss_fn, loss_name: str | None,
             device: torch.device, policy: PluginPolicy, train_steps: int, report: ProgressFn):
-    """thorough: short real trainings at the suggestion and either side of it; the best validation loss wins."""
+    """thorough: short real trainings at the suggestion and at both ends of its safe range; the best
+    validation loss wins. Staying inside the safe range keeps one noisy short run from pulling the LR far off."""
     steps = min(train_steps, CONFIRM_MAX_STEPS)
-    candidates = [choice.lr * f for f in CONFIRM_FACTORS]
+    candidates = [choice.lr_low or choice.lr / 2, choice.lr, choice.lr_high or choice.lr * 2]
     scored: list[s.Candidate] = []
     for i, lr in enumerate(candidates):
         torch.manual_seed(spec.seed)
@@ -148,8 +148,7 @@ def confirm(choice: suggest.Choice, spec: s.JobSpec, data: registry.TrainData, l
     reason = (f"{choice.reason}; then confirmed by {len(candidates)} short trainings ({steps} steps each, "
               f"{spec.schedule}) at {', '.join(f'{c.lr:.3g}' for c in scored)}: {best.lr:.3g} reached the lowest "
               "validation loss")
-    widened = {"lr_low": min(choice.lr_low or best.lr, best.lr), "lr_high": max(choice.lr_high or best.lr, best.lr)}
-    return replace(choice, lr=best.lr, rule=f"{choice.rule}+confirm", reason=reason, **widened), scored
+    return replace(choice, lr=best.lr, rule=f"{choice.rule}+confirm", reason=reason), scored
 
 
 def warmup_advice(spec: s.JobSpec, curve: RangeResult, choice: suggest.Choice, train_steps: int) -> tuple[int, str]:

@@ -112,7 +112,8 @@ def main() -> None:
     samples = [(task.name, fs, method, schedule, rounded(v["lr"]), v["wall_time_s"])
                for task in TASKS for fs in FINDER_SEEDS
                for k, v in suggestions[f"{task.name}|{fs}"].items()
-               for method, schedule in [k.split("|")]]
+               for method, schedule in [k.split("|")]
+               if method != "lrbs lowest"]  # a landmark (where the loss bottoms out), not an LR to train at
     jobs = [(t, sch, lr, seed) for t, _, _, sch, lr, _ in samples if lr is not None for seed in grid.SEEDS]
     results = grid.load()
     results.update(grid.train_many(jobs, TRAINED_FILE))

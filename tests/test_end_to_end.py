@@ -110,7 +110,8 @@ def test_default_spec_gets_a_recommendation_in_the_falling_region_and_survives_a
     lowest = smoothed.index(min(smoothed))
     # falling region: below where the curve started, and at or before its minimum
     assert smoothed[i] < smoothed[0] and i <= lowest, (rec, lrs[lowest])
-    assert set(result["suggestions"]) == {"steepest", "valley", "minimum", "slide"}
+    assert set(result["suggestions"]) == {"lowest", "steepest", "valley", "minimum", "slide"}
+    assert result["sweeps"] == 3 and rec["lr_low"] <= rec["lr"] <= rec["lr_high"] and rec["snippet"]
     assert result["environment"]["device"] == "cpu"
 
     with service(url, tmp_path, workers=0) as http:  # a restart keeps every job and result

@@ -2,7 +2,7 @@
 
 from service.errors import Unprocessable
 from service.settings import Settings
-from service.spec import JobSpec
+from service.spec import AutoBatchSizes, JobSpec
 
 
 def check_limits(spec: JobSpec, settings: Settings) -> None:
@@ -17,9 +17,14 @@ def check_limits(spec: JobSpec, settings: Settings) -> None:
 
     over("lr_range.num_steps", spec.lr_range.num_steps, settings.max_lr_steps, "MAX_LR_STEPS")
     over("lr_range.batch_size", spec.lr_range.batch_size, settings.max_batch_size, "MAX_BATCH_SIZE")
-    for i, size in enumerate(spec.batch_sizes or []):
-        over(f"batch_sizes.{i}", size, settings.max_batch_size, "MAX_BATCH_SIZE")
-    over("batch_sizes", len(spec.batch_sizes or []), settings.max_batch_candidates, "MAX_BATCH_CANDIDATES")
+    if isinstance(spec.batch_sizes, AutoBatchSizes):
+        over("batch_sizes.max", spec.batch_sizes.max, settings.max_batch_size, "MAX_BATCH_SIZE")
+        candidates = spec.batch_sizes.sizes()
+    else:
+        candidates = spec.batch_sizes or []
+        for i, size in enumerate(candidates):
+            over(f"batch_sizes.{i}", size, settings.max_batch_size, "MAX_BATCH_SIZE")
+    over("batch_sizes", len(candidates), settings.max_batch_candidates, "MAX_BATCH_CANDIDATES")
     n_samples = getattr(getattr(spec.dataset, "params", None), "n_samples", None)  # generated built-ins only
     if isinstance(n_samples, int):
         over("dataset.params.n_samples", n_samples, settings.max_samples, "MAX_SAMPLES")

@@ -402,6 +402,24 @@ class LRRangeSpec(Strict):
         return self
 
 
+class AutoBatchSizes(Strict):
+    """Search the powers of two between `min` and `max`."""
+
+    auto: Literal[True]
+    min: PositiveInt = 8
+    max: PositiveInt = 1024
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoBatchSizes:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+    def sizes(self) -> list[int]:
+        first = 1 << (self.min - 1).bit_length()  # the smallest power of two ≥ min
+        return [b for b in (first << k for k in range(32)) if b <= self.max]
+
+
 Schedule = Literal["constant", "cosine", "one_cycle", "step", "exponential"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -479,8 +497,19 @@ class JobSpec(Strict):
     )
     optimizer: OptimizerChoice
     lr_range: LRRangeSpec = LRRangeSpec()
-    batch_sizes: list[PositiveInt] | None = Field(
-        None, description="Candidate batch sizes for the batch-size probes (distinct, positive)."
+    batch_sizes: list[PositiveInt] | AutoBatchSizes | None = Field(
+        None, description="Candidate batch sizes to probe (distinct, positive), or {\"auto\": true, \"min\": 8, "
+        "\"max\": 1024} for the powers of two between. Omitted: no batch-size advice.",
+    )
+    lr_scaling: Literal["auto", "probe", "linear", "sqrt"] = Field(
+        "auto", description="The LR for each batch size: probe (a short range test at each), linear (SGD), sqrt "
+        "(Adam-family), or auto (probe the smallest and largest, interpolate in log space, else the rule).",
+    )
+    memory_budget_gb: float | None = Field(
+        None, gt=0, description="CPU: the memory a training step may use. CUDA: the GPU's memory is the budget."
+    )
+    target_effective_batch: PositiveInt | None = Field(
+        None, description="The effective batch you want: the advice says how many accumulation steps reach it."
     )
     schedule: Schedule = Field("one_cycle", description="The LR schedule you will train with.")
     train_steps: PositiveInt | None = Field(
@@ -498,8 +527,8 @@ class JobSpec(Strict):
 
     @field_validator("batch_sizes")
     @classmethod
-    def _distinct(cls, sizes: list[int] | None) -> list[int] | None:
-        if sizes is not None:
+    def _distinct(cls, sizes: list[int] | AutoBatchSizes | None) -> list[int] | AutoBatchSizes | None:
+        if isinstance(sizes, list):
             if not sizes:
                 raise ValueError("give at least one batch size, or leave the field out")
             if len(set(sizes)) != len(sizes):
@@ -574,6 +603,44 @@ class Recommendation(BaseModel):
     )
 
 
+class BatchCandidate(BaseModel):
+    batch_size: int
+    fits: bool = Field(description="A full training step ran within the memory budget, with headroom.")
+    peak_memory_mb: float | None = Field(None, description="Peak memory of one training step (CUDA: allocated; "
+                                         "CPU: resident-set growth).")
+    step_time_s: float | None = None
+    samples_per_s: float | None = None
+    lr: float | None = Field(None, description="The LR to train this batch size with.")
+    relative_time_to_target: float | None = Field(
+        None, description="Predicted wall time to reach a target loss, relative to the best candidate (1.0).")
+    note: str | None = Field(None, description="Why it does not fit, for example.")
+
+
+class NoiseScaleOut(BaseModel):
+    b_noise: float | None = Field(description="B_simple = tr(Σ)/|G|² (McCandlish et al. 2018); the critical batch.")
+    low: float | None = Field(description="95% bootstrap interval.")
+    high: float | None
+    measured_at_lr: float
+    after_steps: int = Field(description="Warm-up steps at that LR before measuring (B_noise grows in training).")
+    batch_sizes: tuple[int, int] = Field(description="The small and big batch the norms were measured at.")
+    measurements: int
+
+
+class BatchSizeAdvice(BaseModel):
+    batch_size: int = Field(description="The recommended batch size.")
+    lr: float | None = Field(description="The LR that goes with it.")
+    lr_scaling: str = Field(description="How the LR was set per batch size (probe, linear, sqrt, interpolated).")
+    largest_fitting: int | None = Field(description="The largest batch that fits with headroom (predicted from the "
+                                        "memory fit and verified with a real step where one was run).")
+    largest_fitting_verified: bool = False
+    memory_fit_mb: tuple[float, float] | None = Field(None, description="(a, b) of memory ≈ a + b·B, in MiB.")
+    headroom: float = Field(description="Share of the memory budget kept free.")
+    grad_accumulation_steps: int | None = Field(None, description="To reach target_effective_batch.")
+    noise_scale: NoiseScaleOut | None = None
+    candidates: list[BatchCandidate]
+    reason: str
+
+
 class Environment(BaseModel):
     device: str
     torch: str
@@ -591,6 +658,7 @@ class Result(BaseModel):
     diverged_at_lr: float | None = Field(None, description="The LR at which the sweep stopped early.")
     steps_run: int = Field(description="Optimizer steps over all sweeps.")
     sweeps: int = Field(1, description="Range tests run; the curve is their per-step median.")
+    batch_size: BatchSizeAdvice | None = Field(None, description="Batch-size advice, when batch_sizes was given.")
     environment: Environment
     wall_time_s: float
 

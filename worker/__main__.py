@@ -20,15 +20,17 @@ import click
                    "nothing else is ever imported.")
 @click.option("--cache-dir", envvar="LRBS_CACHE_DIR", type=click.Path(path_type=Path), default=None,
               help="Where downloaded datasets are kept by hash (default ~/.cache/lrbs/datasets).")
+@click.option("--memory-headroom", envvar="LRBS_MEMORY_HEADROOM", type=click.FloatRange(0, 0.9), default=0.1,
+              show_default=True, help="Share of memory the batch-size advice keeps free (env LRBS_MEMORY_HEADROOM).")
 def main(url: str, token: str, worker_id: str | None, max_jobs: int | None, wait_seconds: float,
-         plugin_modules: str, cache_dir: Path | None) -> None:
+         plugin_modules: str, cache_dir: Path | None, memory_headroom: float) -> None:
     """Pull jobs from an lrbs service, run their probes with PyTorch, report the results."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from worker.plugins import PluginPolicy  # torch loads with the runner, not when --help is asked
     from worker.runner import Worker
 
     Worker(url, token, worker_id=worker_id, wait_seconds=wait_seconds, policy=PluginPolicy.parse(plugin_modules),
-           cache_dir=cache_dir).run_forever(max_jobs=max_jobs)
+           cache_dir=cache_dir, memory_headroom=memory_headroom).run_forever(max_jobs=max_jobs)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch
 import lrbs
 from service import spec as s
 from worker import registry, suggest
+from worker.batch_advice import MEMORY_HEADROOM, advise_batch_size
 from worker.errors import JobError
 from worker.plugins import PluginPolicy
 from worker.probes.lr_range import RangeResult, lr_range_test, lr_schedule
@@ -31,9 +32,10 @@ WARMUP_SHARE = 0.05
 
 
 def advise(spec: s.JobSpec, on_progress: ProgressFn | None = None, *, policy: PluginPolicy | None = None,
-           fetch_upload: Callable[[str], Path] | None = None) -> s.Result:
+           fetch_upload: Callable[[str], Path] | None = None, memory_headroom: float = MEMORY_HEADROOM) -> s.Result:
     """Run the job. `policy` says which plugin modules may be imported; `fetch_upload` turns an uploaded
-    dataset's id into a local .npz path (the runner downloads and caches it)."""
+    dataset's id into a local .npz path (the runner downloads and caches it); `memory_headroom` is the share
+    of memory the batch-size advice keeps free."""
     started = time.perf_counter()
     report = on_progress or (lambda _p: None)
     report(s.Progress(phase="setup"))
@@ -80,6 +82,10 @@ def advise(spec: s.JobSpec, on_progress: ProgressFn | None = None, *, policy: Pl
     confirmation = None
     if rng.thoroughness == "thorough" and choice.lr is not None:
         choice, confirmation = confirm(choice, spec, data, loss_fn, loss_name, device, policy, train_steps, report)
+    batch_advice = None
+    if spec.batch_sizes is not None:
+        batch_advice = advise_batch_size(spec, data, loss_fn, loss_name, device, policy, choice.lr, report,
+                                         headroom=memory_headroom)
     return s.Result(
         curve=s.Curve(lr=curve.lrs, loss=curve.losses, smoothed_loss=curve.smoothed),
         suggestions={name: s.SuggestionOut(lr=g.lr, reason=g.reason) for name, g in suggestions.items()},
@@ -89,6 +95,7 @@ def advise(spec: s.JobSpec, on_progress: ProgressFn | None = None, *, policy: Pl
         diverged_at_lr=stop_lr(curve, spec),
         steps_run=sum(c.steps_run for c in curves),
         sweeps=sweeps,
+        batch_size=batch_advice,
         environment=s.Environment(
             device=str(device), torch=torch.__version__, python=platform.python_version(),
             lrbs=lrbs.__version__,

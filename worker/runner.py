@@ -20,6 +20,7 @@ import httpx
 
 from service import spec as s
 from worker.advise import advise
+from worker.batch_advice import MEMORY_HEADROOM
 from worker.capabilities import describe
 from worker.errors import JobError
 from worker.plugins import PluginPolicy
@@ -40,12 +41,14 @@ class Stop(Exception):
 
 class Worker:
     def __init__(self, url: str, token: str, worker_id: str | None = None, wait_seconds: float = 20.0,
-                 policy: PluginPolicy | None = None, cache_dir: Path | None = None):
+                 policy: PluginPolicy | None = None, cache_dir: Path | None = None,
+                 memory_headroom: float = MEMORY_HEADROOM):
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.wait_seconds = wait_seconds
         self.policy = policy or PluginPolicy()
         self.cache_dir = cache_dir or Path.home() / ".cache" / "lrbs" / "datasets"
         self.registered = False
+        self.memory_headroom = memory_headroom
         self.http = httpx.Client(
             base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(10.0, read=wait_seconds + 10.0),
@@ -122,7 +125,7 @@ class Worker:
                                       "(LRBS_MAX_RUN_SECONDS); ask for fewer steps or a smaller model")
 
         try:
-            result = advise(lease.spec, on_progress, policy=self.policy,
+            result = advise(lease.spec, on_progress, policy=self.policy, memory_headroom=self.memory_headroom,
                             fetch_upload=lambda dataset_id: self.fetch_dataset(dataset_id, lease.dataset_sha256))
         except Stop as stop:
             beat.halt()

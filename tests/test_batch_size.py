@@ -1,0 +1,119 @@
+"""Batch-size probes and advice on the CPU: real training steps, a real allocator failure, real timing."""
+
+import pytest
+import torch
+from torch import nn
+
+from service.spec import AutoBatchSizes, JobSpec
+from worker.advise import advise
+from worker.batch_advice import time_to_target
+from worker.probes.batch_size import StepProbe, largest_fitting, memory_fit, probe
+
+CPU = torch.device("cpu")
+CE = nn.functional.cross_entropy
+
+
+class Greedy(nn.Module):
+    """An MLP that asks the allocator for an impossible block once the batch passes a threshold."""
+
+    def __init__(self, width: int = 1024, oom_above: int | None = None):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                                 nn.Linear(width, 4))
+        self.oom_above = oom_above
+
+    def forward(self, x):
+        if self.oom_above is not None and len(x) > self.oom_above:
+            torch.empty(2**50)  # the CPU allocator's own "can't allocate memory"
+        return self.net(x)
+
+
+def maker(**kw):
+    def make():
+        torch.manual_seed(0)
+        model = Greedy(**kw)
+        return model, torch.optim.SGD(model.parameters(), lr=0.01)
+    return make
+
+
+def batch(size):
+    g = torch.Generator().manual_seed(size)
+    return torch.randn(size, 64, generator=g), torch.randint(0, 4, (size,), generator=g)
+
+
+def test_a_step_is_measured_and_bigger_batches_take_more_memory():
+    small, big = (probe(maker(width=2048), CE, batch, b, CPU) for b in (32, 2048))
+    assert small.ran and big.ran and small.step_time_s > 0 and big.samples_per_s > 0
+    # 2048 samples × 2048 wide × 4 bytes is 16 MiB per activation; a few of them live at once
+    assert big.peak_bytes > small.peak_bytes + 16 * 2**20
+
+
+def test_out_of_memory_is_caught_and_reported():
+    result = probe(maker(oom_above=100), CE, batch, 128, CPU)
+    assert not result.ran and "out of memory" in result.note and "can't allocate memory" in result.note
+    assert probe(maker(oom_above=100), CE, batch, 64, CPU).ran  # and the next candidate runs
+
+
+def test_other_errors_are_not_taken_for_memory():
+    def broken():
+        model = nn.Linear(3, 4)  # wrong input width: a shape error, not an OOM
+        return model, torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match="shapes"):
+        probe(broken, CE, batch, 8, CPU)
+
+
+def test_memory_fit_predicts_the_largest_batch():
+    probes = [StepProbe(b, True, 100 * 2**20 + b * 2**20, 0.01) for b in (8, 16, 64)]  # 100 MiB + 1 MiB/sample
+    a, b = memory_fit(probes)
+    assert a == pytest.approx(100 * 2**20) and b == pytest.approx(2**20)
+    # 1 GiB budget, 10% headroom: 921.6 MiB usable → 821 samples
+    assert largest_fitting((a, b), 2**30, 0.10) == 821
+    assert largest_fitting((a, b), None, 0.10) is None
+    assert memory_fit(probes[:1]) is None
+
+
+def test_time_to_target_trades_throughput_against_the_noise_scale():
+    # throughput doubles with the batch up to 256, then flattens
+    throughput = {64: 6400, 128: 12800, 256: 25600, 512: 30000, 1024: 32000}
+    times = {b: time_to_target(b, t, b_noise=200) for b, t in throughput.items()}
+    assert min(times, key=times.get) == 256  # past B_noise, doubling the batch no longer halves the time
+    no_noise = {b: time_to_target(b, t, b_noise=None) for b, t in throughput.items()}
+    assert min(no_noise, key=no_noise.get) == 1024
+
+
+def job(**parts) -> JobSpec:
+    return JobSpec.model_validate({
+        "model": {"name": "mlp", "params": {"hidden": [64]}},
+        "dataset": {"name": "synthetic_classification", "params": {"n_samples": 2048}},
+        "optimizer": {"name": "sgd", "params": {"momentum": 0.9}},
+        "lr_range": {"batch_size": 32, "num_steps": 60, "min_lr": 1e-4, "thoroughness": "quick"},
+        **parts,
+    })
+
+
+def test_batch_size_advice_end_to_end_in_process():
+    result = advise(job(batch_sizes={"auto": True, "min": 16, "max": 256}, target_effective_batch=1000,
+                        lr_scaling="linear"))
+    advice = result.batch_size
+    sizes = [c.batch_size for c in advice.candidates]
+    assert sizes == [16, 32, 64, 128, 256] and all(c.fits for c in advice.candidates)
+    assert advice.batch_size in sizes and advice.lr_scaling == "linear"
+    lrs = {c.batch_size: c.lr for c in advice.candidates}
+    assert lrs[64] == pytest.approx(2 * lrs[32]) and lrs[32] == pytest.approx(result.recommendation.lr)
+    assert advice.grad_accumulation_steps == -(-1000 // advice.batch_size)
+    assert min(c.relative_time_to_target for c in advice.candidates) == 1.0
+    assert advice.noise_scale.batch_sizes == (16, 256) and advice.noise_scale.measurements > 0
+    assert "reaches a target loss soonest" in advice.reason or "highest throughput" in advice.reason
+
+
+def test_no_candidate_fitting_fails_with_a_message():
+    from worker.errors import JobError
+
+    with pytest.raises(JobError, match="no candidate batch size fits"):
+        advise(job(batch_sizes=[16, 64], memory_budget_gb=1e-9))
+
+
+def test_auto_sizes_and_their_bounds():
+    assert AutoBatchSizes(auto=True, min=6, max=100).sizes() == [8, 16, 32, 64]
+    with pytest.raises(ValueError, match="must not exceed"):
+        AutoBatchSizes(auto=True, min=64, max=8)

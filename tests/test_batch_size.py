@@ -42,10 +42,16 @@ def batch(size):
 
 
 def test_a_step_is_measured_and_bigger_batches_take_more_memory():
-    small, big = (probe(maker(width=2048), CE, batch, b, CPU) for b in (32, 2048))
+    def wide():  # cheap to run, costly to hold: 8192 activations per sample
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 8192), nn.ReLU(), nn.Linear(8192, 4))
+        return model, torch.optim.SGD(model.parameters(), lr=0.01)
+
+    probe(wide, CE, batch, 16, CPU, timed_steps=1)  # first use: one-time allocations land here
+    small, big = (probe(wide, CE, batch, b, CPU, timed_steps=1) for b in (16, 1024))
     assert small.ran and big.ran and small.step_time_s > 0 and big.samples_per_s > 0
-    # 2048 samples × 2048 wide × 4 bytes is 16 MiB per activation; a few of them live at once
-    assert big.peak_bytes > small.peak_bytes + 16 * 2**20
+    # 1024 samples × 8192 wide × 4 bytes is 32 MiB per activation; a few of them live at once
+    assert big.peak_bytes > small.peak_bytes + 32 * 2**20
 
 
 def test_out_of_memory_is_caught_and_reported():
@@ -104,6 +110,18 @@ def test_batch_size_advice_end_to_end_in_process():
     assert min(c.relative_time_to_target for c in advice.candidates) == 1.0
     assert advice.noise_scale.batch_sizes == (16, 256) and advice.noise_scale.measurements > 0
     assert "reaches a target loss soonest" in advice.reason or "highest throughput" in advice.reason
+
+
+@pytest.mark.parametrize("scaling", ["auto", "probe"])
+def test_lrs_from_short_range_tests_at_other_batch_sizes(scaling):
+    advice = advise(job(batch_sizes=[16, 64, 256], lr_scaling=scaling)).batch_size
+    lrs = [c.lr for c in advice.candidates]
+    assert all(lr and lr > 0 for lr in lrs)
+    if scaling == "auto":  # probed at 16 and 256, interpolated in log space for 64
+        assert advice.lr_scaling.startswith("interpolated")
+        assert lrs[1] == pytest.approx((lrs[0] * lrs[2]) ** 0.5)
+    else:
+        assert advice.lr_scaling == "probe"
 
 
 def test_no_candidate_fitting_fails_with_a_message():

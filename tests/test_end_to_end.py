@@ -203,3 +203,17 @@ def test_a_plugin_model_on_an_uploaded_dataset(tmp_path, plugin_site):
     assert not mark.exists()  # the refused module was never imported
     assert list((tmp_path / "cache").glob("*.npz"))  # fetched once, kept by hash
     assert worker["id"] == "team" and worker["info"]["plugins"]["model"] == ["team-mlp"]
+
+
+def test_batch_size_advice_over_http(tmp_path):
+    spec = {**MINIMAL_SPEC, "batch_sizes": {"auto": True, "min": 16, "max": 128}, "target_effective_batch": 256,
+            "lr_range": {"batch_size": 32, "thoroughness": "quick"}}
+    with service(sqlite_url(tmp_path), tmp_path) as http:
+        r = http.post("/v1/jobs", json={**spec, "batch_sizes": {"auto": True, "min": 64, "max": 8}})
+        assert r.status_code == 422 and "must not exceed" in r.json()["detail"]
+        job = wait_for(http, http.post("/v1/jobs", json=spec).json()["id"])
+    assert job["state"] == "succeeded", job
+    advice = job["result"]["batch_size"]
+    assert [c["batch_size"] for c in advice["candidates"]] == [16, 32, 64, 128]
+    assert advice["batch_size"] in (16, 32, 64, 128) and advice["grad_accumulation_steps"] >= 2
+    assert advice["reason"] and advice["noise_scale"]["measurements"] > 0

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 WARMUP_STEPS = 2  # excluded from timing: first-step allocations, kernel selection
 TIMED_STEPS = 5
+MIN_TIMED_S = 0.05  # tiny models: keep doubling the timed block until it lasts this long (≤ 64× TIMED_STEPS)
 OOM_MESSAGES = ("out of memory", "DefaultCPUAllocator: can't allocate memory", "CUDNN_STATUS_NOT_SUPPORTED")
 
 Make = Callable[[], tuple[nn.Module, torch.optim.Optimizer]]
@@ -68,12 +69,17 @@ def probe(make: Make, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Batch,
         peak = _peak(device, before)
         for _ in range(WARMUP_STEPS):
             step()
-        _sync(device)
-        started = time.perf_counter()
-        for _ in range(timed_steps):
-            step()
-        _sync(device)  # the only syncs: at the measurement's two ends
-        return StepProbe(batch_size, True, peak, (time.perf_counter() - started) / timed_steps)
+        steps = timed_steps
+        while True:
+            _sync(device)
+            started = time.perf_counter()
+            for _ in range(steps):
+                step()
+            _sync(device)  # the only syncs: at each timed block's two ends
+            elapsed = time.perf_counter() - started
+            if elapsed >= MIN_TIMED_S or steps >= 64 * timed_steps:
+                return StepProbe(batch_size, True, peak, elapsed / steps)
+            steps *= 2
     except Exception as exc:
         if not is_oom(exc):
             raise

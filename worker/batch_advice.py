@@ -166,6 +166,9 @@ def measure_noise(spec, data, loss_fn, make, sizes: list[int], lr: float, report
     big_batches = _cycle(data.batches(big, spec.seed + 1))
     small_sq, big_sq, b_big = noise_scale.measure(model, loss_fn, big_batches, small, NOISE_MEASUREMENTS)
     found = noise_scale.estimate(small_sq, big_sq, small, b_big)
+    if found.b_simple is None:  # |G|² came out ≤ 0: the signal is small against the noise, so measure longer
+        more = noise_scale.measure(model, loss_fn, big_batches, small, 2 * NOISE_MEASUREMENTS)
+        found = noise_scale.estimate(small_sq + more[0], big_sq + more[1], small, b_big)
     return s.NoiseScaleOut(b_noise=found.b_simple, low=found.low, high=found.high, measured_at_lr=lr,
                            after_steps=NOISE_WARMUP_STEPS, batch_sizes=(small, b_big), measurements=found.measurements)
 

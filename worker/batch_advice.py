@@ -18,6 +18,7 @@ from worker.errors import JobError
 from worker.plugins import PluginPolicy
 from worker.probes import batch_size as bs
 from worker.probes import noise_scale
+from worker.probes.batches import forever
 from worker.probes.lr_range import lr_range_test
 from worker.probes.train import train
 from worker.schedules import schedule_params
@@ -163,7 +164,7 @@ def measure_noise(spec, data, loss_fn, make, sizes: list[int], lr: float, report
     params = schedule_params("constant", lr, NOISE_WARMUP_STEPS)
     train(model, loss_fn, optimizer, data.batches(small, spec.seed), data.val_batches(256), schedule="constant",
           schedule_params=params, steps=NOISE_WARMUP_STEPS)
-    big_batches = _cycle(data.batches(big, spec.seed + 1))
+    big_batches = forever(data.batches(big, spec.seed + 1))
     small_sq, big_sq, b_big = noise_scale.measure(model, loss_fn, big_batches, small, NOISE_MEASUREMENTS)
     found = noise_scale.estimate(small_sq, big_sq, small, b_big)
     if found.b_simple is None:  # |G|² came out ≤ 0: the signal is small against the noise, so measure longer
@@ -171,11 +172,6 @@ def measure_noise(spec, data, loss_fn, make, sizes: list[int], lr: float, report
         found = noise_scale.estimate(small_sq + more[0], big_sq + more[1], small, b_big)
     return s.NoiseScaleOut(b_noise=found.b_simple, low=found.low, high=found.high, measured_at_lr=lr,
                            after_steps=NOISE_WARMUP_STEPS, batch_sizes=(small, b_big), measurements=found.measurements)
-
-
-def _cycle(batches):
-    while True:
-        yield from batches
 
 
 def explain(chosen: int, b_noise: float | None, times: dict[int, float], fitting, largest: int | None,

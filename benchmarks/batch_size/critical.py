@@ -39,7 +39,7 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cache
@@ -50,6 +50,7 @@ import numpy as np
 from benchmarks.lr_quality.grid import GRID as LR_QUALITY_GRID
 from benchmarks.lr_quality.tasks import TASKS as LR_TASKS
 from benchmarks.lr_quality.tasks import Task
+from worker.probes.batches import forever
 
 CACHE_FILE = Path(__file__).parent / "cache.json"
 SEEDS = (0, 1, 2, 3)
@@ -87,11 +88,6 @@ TASKS_BY_NAME = {t.name: t for t in TASKS}
 # ---- one run -------------------------------------------------------------------------------------------
 
 
-def _forever(batches: Iterable) -> Iterator:
-    while True:
-        yield from batches
-
-
 def _next_eval(step: int) -> int:
     return step + max(1, int(EVAL_GAP * step))
 
@@ -106,7 +102,7 @@ def loss_curve(task: Task, batch_size: int, lr: float, seed: int, max_steps: int
     val = data.val_batches(VAL_BATCH)
     steps, losses = [0], [evaluate(model, loss_fn, val)]
     model.train()
-    batches = _forever(data.batches(batch_size, seed))
+    batches = forever(data.batches(batch_size, seed))
     due = _next_eval(0)
     for step in range(1, max_steps + 1):
         x, y = next(batches)

@@ -46,6 +46,8 @@ from torch import Tensor, nn
 from torch.nn import Parameter
 from torch.optim import Optimizer
 
+from worker.probes.batches import forever
+
 # Loggers that Lightning writes through (GPU/TPU banners, "Restoring states", the suggestion error).
 _LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning_fabric", "pytorch_lightning")
 
@@ -205,21 +207,11 @@ def _check_sweep(min_lr: float, max_lr: float, num_steps: int) -> None:
 def _take(batches: Iterable[tuple[Tensor, Tensor]], n: int) -> list[tuple[Tensor, Tensor]]:
     """The first `n` batches of `batches` cycled by re-iterating it, as lrbs's range test draws them."""
     out: list[tuple[Tensor, Tensor]] = []
-    stream = _forever(batches)
+    stream = forever(batches)
     while len(out) < n:
         x, y = next(stream)
         out.append((x, y))
     return out
-
-
-def _forever(batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
-    while True:
-        empty = True
-        for batch in batches:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("batches yielded nothing; pass a re-iterable (list, DataLoader), not an iterator")
 
 
 def _finder_note(losses: list[float], num_steps: int) -> str:

@@ -25,13 +25,15 @@ import copy
 import inspect
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from worker.probes.batches import forever
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # "fp32" runs without autocast
 
@@ -123,7 +125,7 @@ def lr_range_test(
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # disabled: a pass-through
     # One row per LR point, one column per micro-batch; on device until a chunk ends.
     loss_buf = torch.empty(num_steps, accum, dtype=torch.float32, device=device)
-    data = _forever(batches)
+    data = forever(batches)
 
     curve_lrs: list[float] = []
     curve_losses: list[float] = []
@@ -222,16 +224,3 @@ def _device_of(model: nn.Module) -> torch.device:
     for tensor in model.buffers():
         return tensor.device
     return torch.device("cpu")
-
-
-def _forever(batches: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
-    """Cycle through `batches`, re-iterating it each pass (itertools.cycle would cache every batch)."""
-    while True:
-        empty = True
-        for batch in batches:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError(
-                "batches yielded nothing; pass a re-iterable (list, DataLoader), not an iterator"
-            )

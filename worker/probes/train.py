@@ -7,20 +7,16 @@ to confirm it (short runs around a suggestion). A straight loop, like nanoGPT's 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from worker.probes.batches import forever
 from worker.schedules import make_scheduler
 
 CHECK_EVERY = 25  # steps between divergence checks (one host sync each)
-
-
-def _forever(batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
-    while True:
-        yield from batches
 
 
 @torch.no_grad()
@@ -45,7 +41,7 @@ def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], optimiz
     """Train `model` in place for `steps` optimizer steps; return the final validation loss (inf if diverged)."""
     scheduler = make_scheduler(optimizer, schedule, schedule_params)
     model.train()
-    data = _forever(batches)
+    data = forever(batches)
     for step in range(steps):
         x, y = next(data)
         loss = loss_fn(model(x), y)

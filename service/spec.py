@@ -391,8 +391,8 @@ class LRRangeSpec(Strict):
     diverge_factor: float = Field(4.0, gt=1, description="Stop when the smoothed loss passes this × best.")
     batch_size: PositiveInt = Field(64, description="Micro-batch size used by the sweep.")
     thoroughness: Literal["quick", "standard", "thorough"] = Field(
-        "standard", description="quick: one sweep; standard: the median of 3 sweeps (seeds seed, seed+1, seed+2); "
-        "thorough: standard plus short confirmation trainings around the suggestion.",
+        "standard", description="quick: one sweep; standard: the median of 3 sweeps (seeds seed, seed+1, seed+2), "
+        "plus 3 short confirmation trainings when the sweeps disagree; thorough: always confirm.",
     )
 
     @model_validator(mode="after")
@@ -599,7 +599,8 @@ class Recommendation(BaseModel):
     rule: str = Field(description="The rule that chose the LR.")
     reason: str = Field(description="How the LR was chosen, in plain words.")
     confirmation: list[Candidate] | None = Field(
-        None, description="thorough only: the short trainings that confirmed the LR, one per candidate."
+        None, description="The short trainings that confirmed the LR (thorough, or standard when the sweeps "
+        "disagreed), one per candidate."
     )
 
 

@@ -102,3 +102,12 @@ def test_thorough_confirms_with_short_trainings():
     assert [c.lr for c in rec.confirmation] == pytest.approx([rec.lr_low, rec.confirmation[1].lr, rec.lr_high])
     best = min((c for c in rec.confirmation if c.val_loss is not None), key=lambda c: c.val_loss)
     assert rec.lr == best.lr and rec.rule.endswith("+confirm") and result.sweeps == 3
+
+
+@pytest.mark.parametrize("dataset", [{"name": "synthetic_classification", "params": {"n_samples": 256}},
+                                     {"name": "synthetic_classification", "params": {"n_samples": 256, "noise": 5.0}}])
+def test_standard_confirms_exactly_when_the_sweeps_disagree(dataset):
+    rec = advise(job(dataset=dataset, train_steps=60, lr_range=SWEEP)).recommendation
+    assert (rec.confirmation is not None) == (rec.confidence != "high")
+    if rec.confirmation:
+        assert rec.rule.endswith("+confirm")

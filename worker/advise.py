@@ -80,7 +80,8 @@ def advise(spec: s.JobSpec, on_progress: ProgressFn | None = None, *, policy: Pl
     choice = suggest.choose(suggestions, spec.schedule, sweep_minima)
     train_steps = spec.train_steps or DEFAULT_TRAIN_STEPS
     confirmation = None
-    if rng.thoroughness == "thorough" and choice.lr is not None:
+    unsure = rng.thoroughness == "standard" and choice.confidence != "high"  # the sweeps disagreed
+    if choice.lr is not None and (rng.thoroughness == "thorough" or unsure):
         choice, confirmation = confirm(choice, spec, data, loss_fn, loss_name, device, policy, train_steps, report)
     batch_advice = None
     if spec.batch_sizes is not None:
@@ -128,8 +129,10 @@ def median_curve(curves: list[RangeResult]) -> RangeResult:
 
 def confirm(choice: suggest.Choice, spec: s.JobSpec, data: registry.TrainData, loss_fn, loss_name: str | None,
             device: torch.device, policy: PluginPolicy, train_steps: int, report: ProgressFn):
-    """thorough: short real trainings at the suggestion and at both ends of its safe range; the best
-    validation loss wins. Staying inside the safe range keeps one noisy short run from pulling the LR far off."""
+    """Short real trainings at the suggestion and at both ends of its safe range; the best validation loss wins.
+
+    Always with thorough; with standard when the sweeps disagree (confidence below high). Staying inside the
+    safe range keeps one noisy short run from pulling the LR far off."""
     steps = min(train_steps, CONFIRM_MAX_STEPS)
     candidates = [choice.lr_low or choice.lr / 2, choice.lr, choice.lr_high or choice.lr * 2]
     scored: list[s.Candidate] = []

@@ -511,6 +511,10 @@ class JobSpec(Strict):
     target_effective_batch: PositiveInt | None = Field(
         None, description="The effective batch you want: the advice says how many accumulation steps reach it."
     )
+    generalization_check: bool = Field(
+        False, description="Train every fitting candidate for the same number of epochs and compare validation "
+        "losses, so a batch that generalises worse is seen (and avoided when it would be chosen).",
+    )
     schedule: Schedule = Field("one_cycle", description="The LR schedule you will train with.")
     train_steps: PositiveInt | None = Field(
         None, le=100_000_000,
@@ -614,6 +618,8 @@ class BatchCandidate(BaseModel):
     lr: float | None = Field(None, description="The LR to train this batch size with.")
     relative_time_to_target: float | None = Field(
         None, description="Predicted wall time to reach a target loss, relative to the best candidate (1.0).")
+    val_loss: float | None = Field(None, description="generalization_check: validation loss after the equal-epoch "
+                                   "training (null: not run, or diverged).")
     note: str | None = Field(None, description="Why it does not fit, for example.")
 
 
@@ -638,6 +644,7 @@ class BatchSizeAdvice(BaseModel):
     headroom: float = Field(description="Share of the memory budget kept free.")
     grad_accumulation_steps: int | None = Field(None, description="To reach target_effective_batch.")
     noise_scale: NoiseScaleOut | None = None
+    generalization_epochs: int | None = Field(None, description="Epochs each candidate trained in the check.")
     candidates: list[BatchCandidate]
     reason: str
 

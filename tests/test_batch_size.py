@@ -135,3 +135,20 @@ def test_auto_sizes_and_their_bounds():
     assert AutoBatchSizes(auto=True, min=6, max=100).sizes() == [8, 16, 32, 64]
     with pytest.raises(ValueError, match="must not exceed"):
         AutoBatchSizes(auto=True, min=64, max=8)
+
+
+def test_weighing_generalization_keeps_or_replaces_the_fastest_batch():
+    from worker.batch_advice import weigh_generalization
+
+    times = {64: 2.0, 256: 1.0, 1024: 1.5}
+    kept, why = weigh_generalization(256, times, {64: 0.50, 256: 0.51, 1024: 0.60})
+    assert kept == 256 and "as well as the best" in why
+    replaced, why = weigh_generalization(256, times, {64: 0.50, 256: 0.70, 1024: 0.52})
+    assert replaced == 1024 and "generalised worse" in why and "instead" in why  # the fastest of those that held up
+
+
+def test_generalization_check_trains_every_candidate_for_the_same_epochs():
+    advice = advise(job(batch_sizes=[16, 128], lr_scaling="linear", generalization_check=True)).batch_size
+    assert advice.generalization_epochs >= 1
+    assert all(c.val_loss is not None and c.val_loss > 0 for c in advice.candidates)
+    assert "equal-epoch check" in advice.reason

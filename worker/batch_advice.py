@@ -73,7 +73,12 @@ def advise_batch_size(spec: s.JobSpec, data: registry.TrainData, loss_fn, loss_n
     b_noise = noise.b_noise if noise and noise.b_noise is not None else None
     times = {p.batch_size: time_to_target(p.batch_size, p.samples_per_s, b_noise) for p in fitting}
     best_time = min(times.values())
-    chosen = min(times, key=times.get)
+    chosen = soonest = min(times, key=times.get)
+    val_losses, epochs, weighed = {}, None, None
+    if spec.generalization_check:
+        epochs = check_epochs([p.batch_size for p in fitting], data.n_train)
+        val_losses = {b: equal_epoch_loss(spec, data, loss_fn, make, b, lrs[b], epochs, report) for b in times}
+        chosen, weighed = weigh_generalization(chosen, times, val_losses)
 
     candidates = [
         s.BatchCandidate(
@@ -81,6 +86,7 @@ def advise_batch_size(spec: s.JobSpec, data: registry.TrainData, loss_fn, loss_n
             peak_memory_mb=p.peak_bytes / MB if p.peak_bytes is not None else None,
             step_time_s=p.step_time_s, samples_per_s=p.samples_per_s, lr=lrs.get(p.batch_size),
             relative_time_to_target=times[p.batch_size] / best_time if p.batch_size in times else None,
+            val_loss=val_losses.get(p.batch_size),
             note=p.note or (None if fits[p.batch_size] else f"over {1 - headroom:.0%} of the memory budget"),
         )
         for p in probes
@@ -90,9 +96,46 @@ def advise_batch_size(spec: s.JobSpec, data: registry.TrainData, loss_fn, loss_n
         batch_size=chosen, lr=lrs.get(chosen), lr_scaling=scaling, largest_fitting=largest,
         largest_fitting_verified=verified,
         memory_fit_mb=(fit[0] / MB, fit[1] / MB) if fit else None, headroom=headroom,
-        grad_accumulation_steps=accumulation, noise_scale=noise, candidates=candidates,
-        reason=explain(chosen, b_noise, times, fitting, largest, accumulation, spec),
+        grad_accumulation_steps=accumulation, noise_scale=noise, generalization_epochs=epochs, candidates=candidates,
+        reason=explain(soonest, chosen, b_noise, fitting, largest, accumulation, spec, weighed),
     )
+
+
+GENERALIZATION_TOLERANCE = 0.05  # a validation loss this much above the best candidate's counts as worse
+MIN_CHECK_STEPS, MAX_CHECK_EPOCHS = 20, 20
+
+
+def check_epochs(sizes: list[int], n_train: int) -> int:
+    """Enough epochs that the largest candidate still takes MIN_CHECK_STEPS steps."""
+    return min(MAX_CHECK_EPOCHS, max(1, math.ceil(MIN_CHECK_STEPS * max(sizes) / n_train)))
+
+
+def equal_epoch_loss(spec, data, loss_fn, make, batch: int, lr: float | None, epochs: int, report) -> float | None:
+    """Validation loss after `epochs` epochs at this batch size and its LR (constant schedule)."""
+    report(s.Progress(phase="generalization_check", step=batch, total=0))
+    if lr is None:
+        return None
+    steps = max(1, epochs * data.n_train // batch)
+    model, optimizer = make(lr)
+    loss = train(model, loss_fn, optimizer, data.batches(batch, spec.seed), data.val_batches(256), schedule="constant",
+                 schedule_params=schedule_params("constant", lr, steps), steps=steps)
+    return loss if math.isfinite(loss) else None
+
+
+def weigh_generalization(chosen: int, times: dict[int, float], val_losses: dict[int, float | None]):
+    """Keep the fastest batch unless it generalised worse than the best candidate; then the fastest that did not."""
+    finite = {b: v for b, v in val_losses.items() if v is not None}
+    if not finite:
+        return chosen, "the generalisation check diverged for every candidate, so it was not weighed"
+    best = min(finite.values())
+    ok = [b for b, v in finite.items() if v <= best * (1 + GENERALIZATION_TOLERANCE)]
+    if chosen in ok:
+        return chosen, (f"in an equal-epoch check batch {chosen} generalised as well as the best candidate "
+                        f"(validation loss {finite[chosen]:.4g} against {best:.4g})")
+    better = min(ok, key=times.get)
+    worse = f"{finite[chosen]:.4g}" if chosen in finite else "diverged"
+    return better, (f"batch {chosen} would be fastest, but in an equal-epoch check it generalised worse "
+                    f"(validation loss {worse} against the best {best:.4g}), so batch {better} is advised instead")
 
 
 def time_to_target(batch: int, samples_per_s: float | None, b_noise: float | None) -> float:
@@ -174,20 +217,22 @@ def measure_noise(spec, data, loss_fn, make, sizes: list[int], lr: float, report
                            after_steps=NOISE_WARMUP_STEPS, batch_sizes=(small, b_big), measurements=found.measurements)
 
 
-def explain(chosen: int, b_noise: float | None, times: dict[int, float], fitting, largest: int | None,
-            accumulation: int | None, spec: s.JobSpec) -> str:
+def explain(soonest: int, chosen: int, b_noise: float | None, fitting, largest: int | None,
+            accumulation: int | None, spec: s.JobSpec, weighed: str | None) -> str:
     fastest = max(fitting, key=lambda p: p.samples_per_s or 0)
     parts = []
     if b_noise is not None:
-        parts.append(f"batch {chosen} reaches a target loss soonest: with the gradient noise scale B_noise ≈ "
+        parts.append(f"batch {soonest} reaches a target loss soonest: with the gradient noise scale B_noise ≈ "
                      f"{b_noise:.3g}, steps fall as S_min·(1 + B_noise/B), so batches far above B_noise buy little "
                      "per step while costing time per step")
     else:
-        parts.append(f"batch {chosen} has the highest throughput (the noise scale could not be measured, so every "
+        parts.append(f"batch {soonest} has the highest throughput (the noise scale could not be measured, so every "
                      "batch size is taken to need the same number of samples)")
-    if fastest.batch_size != chosen:
+    if fastest.batch_size != soonest:
         parts.append(f"batch {fastest.batch_size} processes the most samples per second "
                      f"({fastest.samples_per_s:.3g}/s) but needs more of them")
+    if weighed:
+        parts.append(weighed)
     if largest is not None:
         parts.append(f"the largest batch that fits with headroom is {largest}")
     if accumulation:

@@ -49,7 +49,6 @@ def advise(spec: s.JobSpec, on_progress: ProgressFn | None = None, *, policy: Pl
         spec.resolve_for(data.shape)  # plugin data is first seen here: default loss, model and loss fit
     except ValueError as exc:
         raise JobError(str(exc)) from None
-    loss_name = spec.loss if isinstance(spec.loss, str) else None
     loss_fn = registry.make_loss(spec.loss, policy)
     rng = spec.lr_range
     sweeps = SWEEPS[rng.thoroughness]
@@ -58,9 +57,7 @@ def advise(spec: s.JobSpec, on_progress: ProgressFn | None = None, *, policy: Pl
     curves: list[RangeResult] = []
     for sweep in range(sweeps):  # each sweep: its own initialisation and data order
         seed = spec.seed + sweep
-        torch.manual_seed(seed)
-        model = registry.make_model(spec.model, data.shape, loss_name, policy).to(device)
-        optimizer = registry.make_optimizer(spec.optimizer, model.parameters(), rng.min_lr, policy)
+        model, optimizer = registry.fresh(spec, data.shape, device, policy, rng.min_lr, seed)
         done = sweep * rng.num_steps
 
         def range_progress(step: int, _total: int, done: int = done) -> None:
@@ -82,10 +79,10 @@ def advise(spec: s.JobSpec, on_progress: ProgressFn | None = None, *, policy: Pl
     confirmation = None
     unsure = rng.thoroughness == "standard" and choice.confidence != "high"  # the sweeps disagreed
     if choice.lr is not None and (rng.thoroughness == "thorough" or unsure):
-        choice, confirmation = confirm(choice, spec, data, loss_fn, loss_name, device, policy, train_steps, report)
+        choice, confirmation = confirm(choice, spec, data, loss_fn, device, policy, train_steps, report)
     batch_advice = None
     if spec.batch_sizes is not None:
-        batch_advice = advise_batch_size(spec, data, loss_fn, loss_name, device, policy, choice.lr, report,
+        batch_advice = advise_batch_size(spec, data, loss_fn, device, policy, choice.lr, report,
                                          headroom=memory_headroom)
     return s.Result(
         curve=s.Curve(lr=curve.lrs, loss=curve.losses, smoothed_loss=curve.smoothed),
@@ -127,8 +124,8 @@ def median_curve(curves: list[RangeResult]) -> RangeResult:
     )
 
 
-def confirm(choice: suggest.Choice, spec: s.JobSpec, data: registry.TrainData, loss_fn, loss_name: str | None,
-            device: torch.device, policy: PluginPolicy, train_steps: int, report: ProgressFn):
+def confirm(choice: suggest.Choice, spec: s.JobSpec, data: registry.TrainData, loss_fn, device: torch.device,
+            policy: PluginPolicy, train_steps: int, report: ProgressFn):
     """Short real trainings at the suggestion and at both ends of its safe range; the best validation loss wins.
 
     Always with thorough; with standard when the sweeps disagree (confidence below high). Staying inside the
@@ -137,9 +134,7 @@ def confirm(choice: suggest.Choice, spec: s.JobSpec, data: registry.TrainData, l
     candidates = [choice.lr_low or choice.lr / 2, choice.lr, choice.lr_high or choice.lr * 2]
     scored: list[s.Candidate] = []
     for i, lr in enumerate(candidates):
-        torch.manual_seed(spec.seed)
-        model = registry.make_model(spec.model, data.shape, loss_name, policy).to(device)
-        optimizer = registry.make_optimizer(spec.optimizer, model.parameters(), lr, policy)
+        model, optimizer = registry.fresh(spec, data.shape, device, policy, lr, spec.seed)
 
         def progress(step: int, total: int, i: int = i) -> None:
             done = i * total + step

@@ -38,17 +38,15 @@ def candidates_for(spec: s.JobSpec, n_train: int) -> list[int]:
     return usable
 
 
-def advise_batch_size(spec: s.JobSpec, data: registry.TrainData, loss_fn, loss_name: str | None,
-                      device: torch.device, policy: PluginPolicy, base_lr: float | None,
-                      report: Callable[[s.Progress], None], headroom: float = MEMORY_HEADROOM) -> s.BatchSizeAdvice:
+def advise_batch_size(spec: s.JobSpec, data: registry.TrainData, loss_fn, device: torch.device,
+                      policy: PluginPolicy, base_lr: float | None, report: Callable[[s.Progress], None],
+                      headroom: float = MEMORY_HEADROOM) -> s.BatchSizeAdvice:
     sizes = candidates_for(spec, data.n_train)
     lr0 = base_lr or 1e-3
     b0 = spec.lr_range.batch_size
 
     def make(lr: float = lr0, seed: int = spec.seed):
-        torch.manual_seed(seed)
-        model = registry.make_model(spec.model, data.shape, loss_name, policy).to(device)
-        return model, registry.make_optimizer(spec.optimizer, model.parameters(), lr, policy)
+        return registry.fresh(spec, data.shape, device, policy, lr, seed)
 
     def batch(size: int):
         return next(iter(data.batches(size, spec.seed)))
@@ -68,7 +66,7 @@ def advise_batch_size(spec: s.JobSpec, data: registry.TrainData, loss_fn, loss_n
         raise JobError(f"no candidate batch size fits: {probes[0].note or 'over the memory budget'}; "
                        "try smaller batch sizes or a larger memory_budget_gb")
 
-    lrs, scaling = lrs_for(spec, [p.batch_size for p in fitting], lr0, b0, data, loss_fn, loss_name, device, policy)
+    lrs, scaling = lrs_for(spec, [p.batch_size for p in fitting], lr0, b0, data, loss_fn, device, policy)
     noise = measure_noise(spec, data, loss_fn, make, [p.batch_size for p in fitting], lr0, report)
     b_noise = noise.b_noise if noise and noise.b_noise is not None else None
     times = {p.batch_size: time_to_target(p.batch_size, p.samples_per_s, b_noise) for p in fitting}
@@ -162,7 +160,7 @@ def _largest(fit, budget, headroom, probes, fits, make, loss_fn, batch, device, 
     return (predicted if ok else max(ran, default=None)), ok
 
 
-def lrs_for(spec: s.JobSpec, sizes: list[int], lr0: float, b0: int, data, loss_fn, loss_name, device, policy):
+def lrs_for(spec: s.JobSpec, sizes: list[int], lr0: float, b0: int, data, loss_fn, device, policy):
     """The LR for each batch size, by spec.lr_scaling."""
     rule = "sqrt" if getattr(spec.optimizer, "name", "") in ADAPTIVE else "linear"
     scaling = spec.lr_scaling
@@ -173,7 +171,7 @@ def lrs_for(spec: s.JobSpec, sizes: list[int], lr0: float, b0: int, data, loss_f
 
     if scaling in ("linear", "sqrt"):
         return by_rule(scaling), scaling
-    probed = {b: probe_lr(spec, b, data, loss_fn, loss_name, device, policy)
+    probed = {b: probe_lr(spec, b, data, loss_fn, device, policy)
               for b in (sizes if scaling == "probe" else sorted({sizes[0], sizes[-1]}))}
     if scaling == "probe":
         fallback = by_rule(rule)
@@ -185,12 +183,10 @@ def lrs_for(spec: s.JobSpec, sizes: list[int], lr0: float, b0: int, data, loss_f
     return by_rule(rule), f"{rule} rule (a probe found no LR)"
 
 
-def probe_lr(spec: s.JobSpec, batch: int, data, loss_fn, loss_name, device, policy) -> float | None:
+def probe_lr(spec: s.JobSpec, batch: int, data, loss_fn, device, policy) -> float | None:
     """A quick range test (one sweep) at this batch size, read with the same rule as the job's advice."""
-    torch.manual_seed(spec.seed)
-    model = registry.make_model(spec.model, data.shape, loss_name, policy).to(device)
     rng = spec.lr_range
-    optimizer = registry.make_optimizer(spec.optimizer, model.parameters(), rng.min_lr, policy)
+    model, optimizer = registry.fresh(spec, data.shape, device, policy, rng.min_lr, spec.seed)
     curve = lr_range_test(model, loss_fn, optimizer, data.batches(batch, spec.seed), min_lr=rng.min_lr,
                           max_lr=rng.max_lr, num_steps=rng.num_steps, mode=rng.mode, smoothing=rng.smoothing,
                           diverge_factor=rng.diverge_factor)

@@ -22,7 +22,7 @@ from worker import datasets, models, plugins
 from worker.errors import JobError
 from worker.plugins import PluginPolicy
 
-__all__ = ["JobError", "TrainData", "load_data", "make_model", "make_loss", "make_optimizer", "resolve_device"]
+__all__ = ["JobError", "TrainData", "fresh", "load_data", "make_model", "make_loss", "make_optimizer", "resolve_device"]
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -219,6 +219,15 @@ def make_optimizer(optimizer: s.OptimizerSpec | s.PluginOptimizer, params, lr: f
         return made
     cls = getattr(torch.optim, s.OPTIMIZER_CLASSES[optimizer.name])
     return cls(params, lr=lr, **optimizer.params)
+
+
+def fresh(spec: s.JobSpec, shape: s.DataShape, device: torch.device, policy: PluginPolicy, lr: float,
+          seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A newly initialised model (seeded) on `device` and its optimizer at `lr`: every probe run starts here."""
+    torch.manual_seed(seed)
+    loss = spec.loss if isinstance(spec.loss, str) else None
+    model = make_model(spec.model, shape, loss, policy).to(device)
+    return model, make_optimizer(spec.optimizer, model.parameters(), lr, policy)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -31,11 +31,8 @@ def build(task: Task, seed: int, lr: float):
     spec = task.job()
     data = data_of(task)
     spec.resolve_for(data.shape)
-    torch.manual_seed(seed)
-    model = registry.make_model(spec.model, data.shape, spec.loss, POLICY)
-    loss_fn = registry.make_loss(spec.loss, POLICY)
-    optimizer = registry.make_optimizer(spec.optimizer, model.parameters(), lr, POLICY)
-    return spec, data, model, loss_fn, optimizer
+    model, optimizer = registry.fresh(spec, data.shape, DEVICE, POLICY, lr, seed)
+    return spec, data, model, registry.make_loss(spec.loss, POLICY), optimizer
 
 
 def untrained_loss(task: Task, seed: int) -> float:

@@ -27,12 +27,9 @@ async def claim(body: s.ClaimRequest, request: Request, sessions: SessionsDep, s
     def claim_once() -> s.Lease | None:
         with transaction(sessions) as session:
             job = queue.claim(session, body.worker_id, settings)
-        if job is None:
-            return None
-        data_sha = None
-        if job.dataset_id is not None:
-            with transaction(sessions) as session:
-                data_sha = datasets.get(session, job.dataset_id).data_sha256
+            if job is None:
+                return None
+            data_sha = datasets.get(session, job.dataset_id).data_sha256 if job.dataset_id else None
         return s.Lease(
             job_id=job.id, lease_token=job.lease_token, lease_seconds=settings.lease_seconds,
             attempt=job.attempts, max_run_seconds=settings.max_run_seconds, spec=job.spec,

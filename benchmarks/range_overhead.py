@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from worker.probes.lr_range import AUTOCAST_DTYPES, lr_range_test, lr_schedule  # noqa: E402
+from lrbs.worker.probes.lr_range import AUTOCAST_DTYPES, lr_range_test, lr_schedule  # noqa: E402
 
 MIN_LR, MAX_LR = 1e-5, 1e-2  # small enough that nothing diverges: both loops take every step
 GOAL = 1.05

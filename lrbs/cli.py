@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from worker.__main__ import main as worker_command
+from lrbs.worker.__main__ import main as worker_command
 
 
 @click.group()
@@ -28,8 +28,8 @@ def serve(host: str, port: int, n_workers: int) -> None:
     """Start the service (LRBS_DATABASE_URL, default SQLite ./lrbs.db) with a worker beside it."""
     import uvicorn
 
-    from service.app import create_app
-    from service.settings import Settings
+    from lrbs.service.app import create_app
+    from lrbs.service.settings import Settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings()
@@ -41,7 +41,7 @@ def serve(host: str, port: int, n_workers: int) -> None:
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     env = {**os.environ, "LRBS_WORKER_TOKEN": settings.worker_token}
     children = [
-        subprocess.Popen([sys.executable, "-m", "worker", "--url", url, "--worker-id", f"embedded-{i}"],
+        subprocess.Popen([sys.executable, "-P", "-m", "lrbs.worker", "--url", url, "--worker-id", f"embedded-{i}"],
                          env=env, preexec_fn=_die_with_parent)
         for i in range(n_workers)
     ]
@@ -83,9 +83,9 @@ def db() -> None:
 @db.command()
 def upgrade() -> None:
     """Apply migrations to LRBS_DATABASE_URL (run once per release on PostgreSQL)."""
-    from service.db import make_engine
-    from service.db import upgrade as run_upgrade
-    from service.settings import Settings
+    from lrbs.service.db import make_engine
+    from lrbs.service.db import upgrade as run_upgrade
+    from lrbs.service.settings import Settings
 
     engine = make_engine(Settings().database_url)
     run_upgrade(engine)

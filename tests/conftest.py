@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from service import db
-from service.app import create_app
-from service.settings import Settings
+from lrbs.service import db
+from lrbs.service.app import create_app
+from lrbs.service.settings import Settings
 
 PG_URL = os.environ.get("LRBS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("LRBS_TEST_REQUIRE_POSTGRES") == "1"

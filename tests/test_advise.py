@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from service.spec import JobSpec
-from worker.advise import advise
-from worker.errors import JobError
+from lrbs.service.spec import JobSpec
+from lrbs.worker.advise import advise
+from lrbs.worker.errors import JobError
 
 QUICK = {"num_steps": 30, "batch_size": 16}
 SWEEP = {"num_steps": 60, "batch_size": 16, "min_lr": 1e-4}  # short, but long enough to find a minimum

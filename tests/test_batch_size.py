@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from service.spec import AutoBatchSizes, JobSpec
-from worker.advise import advise
-from worker.batch_advice import time_to_target
-from worker.probes.batch_size import StepProbe, largest_fitting, memory_fit, probe
+from lrbs.service.spec import AutoBatchSizes, JobSpec
+from lrbs.worker.advise import advise
+from lrbs.worker.batch_advice import time_to_target
+from lrbs.worker.probes.batch_size import StepProbe, largest_fitting, memory_fit, probe
 
 CPU = torch.device("cpu")
 CE = nn.functional.cross_entropy
@@ -125,7 +125,7 @@ def test_lrs_from_short_range_tests_at_other_batch_sizes(scaling):
 
 
 def test_no_candidate_fitting_fails_with_a_message():
-    from worker.errors import JobError
+    from lrbs.worker.errors import JobError
 
     with pytest.raises(JobError, match="no candidate batch size fits"):
         advise(job(batch_sizes=[16, 64], memory_budget_gb=1e-9))
@@ -138,7 +138,7 @@ def test_auto_sizes_and_their_bounds():
 
 
 def test_weighing_generalization_keeps_or_replaces_the_fastest_batch():
-    from worker.batch_advice import weigh_generalization
+    from lrbs.worker.batch_advice import weigh_generalization
 
     times = {64: 2.0, 256: 1.0, 1024: 1.5}
     kept, why = weigh_generalization(256, times, {64: 0.50, 256: 0.51, 1024: 0.60})

@@ -9,17 +9,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from service import spec as s
-from worker import datasets, models
+from lrbs.service import spec as s
+from lrbs.worker import builtin_data, networks
 
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def tiny_lm(vocab_size: int = 16, context: int = 8, **kwargs) -> models.TransformerLM:
+def tiny_lm(vocab_size: int = 16, context: int = 8, **kwargs) -> networks.TransformerLM:
     args = {"layers": 2, "d_model": 32, "heads": 4, "mlp_ratio": 2, "dropout": 0.0} | kwargs
-    return models.transformer_lm(vocab_size, context, **args)
+    return networks.transformer_lm(vocab_size, context, **args)
 
 
 # ResNet
@@ -27,23 +27,23 @@ def tiny_lm(vocab_size: int = 16, context: int = 8, **kwargs) -> models.Transfor
 
 @pytest.mark.parametrize(("shape", "stages"), [((2, 3, 16, 16), 3), ((2, 1, 8, 8), 4), ((2, 1, 8, 8), 1)])
 def test_resnet_maps_images_to_logits(shape, stages):
-    net = models.resnet(shape[1], 5, depth=1, width=4, stages=stages)
+    net = networks.resnet(shape[1], 5, depth=1, width=4, stages=stages)
     assert net(torch.randn(shape)).shape == (2, 5)
 
 
 def test_resnet_depth_and_width_grow_the_model():
-    base = n_params(models.resnet(3, 10, depth=1, width=8, stages=3))
-    assert n_params(models.resnet(3, 10, depth=3, width=8, stages=3)) > base
-    assert n_params(models.resnet(3, 10, depth=1, width=16, stages=3)) > 3 * base  # convs grow as width²
-    assert n_params(models.resnet(3, 10, depth=1, width=8, stages=4)) > base
+    base = n_params(networks.resnet(3, 10, depth=1, width=8, stages=3))
+    assert n_params(networks.resnet(3, 10, depth=3, width=8, stages=3)) > base
+    assert n_params(networks.resnet(3, 10, depth=1, width=16, stages=3)) > 3 * base  # convs grow as width²
+    assert n_params(networks.resnet(3, 10, depth=1, width=8, stages=4)) > base
 
 
 def test_resnet_learns_synthetic_images():
     torch.manual_seed(0)
     spec = s.SyntheticImages(name="synthetic_images", params={"n_samples": 64, "channels": 3, "height": 8,
                                                               "width": 8, "n_classes": 4})
-    data = datasets.builtin(spec)
-    net = models.resnet(3, 4, depth=1, width=8, stages=2)
+    data = builtin_data.builtin(spec)
+    net = networks.resnet(3, 4, depth=1, width=8, stages=2)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     losses = []
     for _ in range(15):
@@ -89,7 +89,7 @@ def test_transformer_lm_rejects_sequences_longer_than_context():
 def test_transformer_lm_learns_synthetic_tokens():
     torch.manual_seed(0)
     vocab = 32
-    data = datasets.builtin(s.SyntheticTokens(name="synthetic_tokens",
+    data = builtin_data.builtin(s.SyntheticTokens(name="synthetic_tokens",
                                               params={"n_samples": 256, "context": 16, "vocab_size": vocab}))
     lm = tiny_lm(vocab_size=vocab, context=16)
     opt = torch.optim.Adam(lm.parameters(), lr=3e-3)
@@ -109,7 +109,7 @@ def test_transformer_lm_learns_synthetic_tokens():
 def test_synthetic_tokens_match_their_shape_and_shift_by_one():
     spec = s.SyntheticTokens(name="synthetic_tokens", params={"n_samples": 50, "context": 12, "vocab_size": 20},
                              validation_fraction=0.2)
-    data, shape = datasets.builtin(spec), s.builtin_shape(spec)
+    data, shape = builtin_data.builtin(spec), s.builtin_shape(spec)
     assert shape.input_shape == (12,) and shape.num_outputs == 20
     for x, y, n in [(data.x, data.y, 40), (data.x_val, data.y_val, 10)]:
         assert x.shape == y.shape == (n, 12)
@@ -120,7 +120,7 @@ def test_synthetic_tokens_match_their_shape_and_shift_by_one():
 
 def test_synthetic_tokens_are_seeded_and_predictable():
     def tokens(seed: int) -> torch.Tensor:
-        return datasets.builtin(s.SyntheticTokens(name="synthetic_tokens", params={"seed": seed})).x
+        return builtin_data.builtin(s.SyntheticTokens(name="synthetic_tokens", params={"seed": seed})).x
 
     assert torch.equal(tokens(1), tokens(1))
     assert not torch.equal(tokens(1), tokens(2))
@@ -137,7 +137,7 @@ def test_synthetic_tokens_are_seeded_and_predictable():
 def test_sklearn_datasets(name, n, features, classes):
     pytest.importorskip("sklearn")
     spec = s.Digits(name="digits") if name == "digits" else s.Iris(name="iris")
-    data = datasets.builtin(spec)
+    data = builtin_data.builtin(spec)
     x, y = torch.cat([data.x, data.x_val]), torch.cat([data.y, data.y_val])
     assert x.shape == (n, features) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert s.builtin_shape(spec).input_shape == (features,) and s.builtin_shape(spec).num_outputs == classes
@@ -148,7 +148,7 @@ def test_sklearn_datasets(name, n, features, classes):
     std = x.std(dim=0)
     assert torch.all(((std - 1).abs() < 1e-3) | (std == 0))
     # The seed shuffles the order (sklearn's files are sorted by class) but not the contents.
-    other = datasets.builtin(type(spec)(name=name, params={"seed": 1}))
+    other = builtin_data.builtin(type(spec)(name=name, params={"seed": 1}))
     assert not torch.equal(data.y, other.y)
     assert torch.equal(torch.cat([other.y, other.y_val]).sort().values, y.sort().values)
-    assert torch.equal(datasets.builtin(spec).x, data.x)
+    assert torch.equal(builtin_data.builtin(spec).x, data.x)

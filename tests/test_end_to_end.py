@@ -68,7 +68,7 @@ def service(database_url: str, tmp_path, workers: int = 1, **settings: str):
 
 
 def worker(port: int, tmp_path, name: str):
-    args = ["-m", "worker", "--url", f"http://127.0.0.1:{port}", "--worker-id", name, "--wait", "5"]
+    args = ["-m", "lrbs.worker", "--url", f"http://127.0.0.1:{port}", "--worker-id", name, "--wait", "5"]
     return process(args, {"LRBS_WORKER_TOKEN": WORKER_TOKEN}, tmp_path / f"{name}.log")
 
 
@@ -187,7 +187,7 @@ def test_a_plugin_model_on_an_uploaded_dataset(tmp_path, plugin_site):
         env = {"LRBS_WORKER_TOKEN": WORKER_TOKEN, "PYTHONPATH": str(plugin_site),
                "LRBS_PLUGIN_MODULES": "lrbs_test_plugins", "LRBS_CACHE_DIR": str(tmp_path / "cache"),
                "LRBS_TEST_EVIL_MARK": str(mark)}
-        args = ["-m", "worker", "--url", f"http://127.0.0.1:{http.port}", "--worker-id", "team", "--wait", "5"]
+        args = ["-m", "lrbs.worker", "--url", f"http://127.0.0.1:{http.port}", "--worker-id", "team", "--wait", "5"]
         with process(args, env, tmp_path / "team.log"):
             dataset = http.post("/v1/datasets", files={"file": ("blobs.npz", buf.getvalue())}).json()
             spec = {"model": {"source": "plugin", "name": "team-mlp", "params": {"hidden": 16}},

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from worker.probes.lr_range import lr_range_test, lr_schedule
+from lrbs.worker.probes.lr_range import lr_range_test, lr_schedule
 
 CE = nn.functional.cross_entropy
 

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from lrbs.cli import main
-from service import db
-from service.app import create_app
-from service.models import Base
+from lrbs.service import db
+from lrbs.service.app import create_app
+from lrbs.service.tables import Base
 
 
 def test_one_head():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from worker.probes.noise_scale import estimate, measure
+from lrbs.worker.probes.noise_scale import estimate, measure
 
 
 def linear_regression_truth(d: torch.Tensor, sigma: float) -> float:

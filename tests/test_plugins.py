@@ -4,11 +4,11 @@ import sys
 
 import pytest
 
-from service.spec import JobSpec
-from worker.advise import advise
-from worker.capabilities import describe
-from worker.errors import JobError
-from worker.plugins import PluginPolicy
+from lrbs.service.spec import JobSpec
+from lrbs.worker.advise import advise
+from lrbs.worker.capabilities import describe
+from lrbs.worker.errors import JobError
+from lrbs.worker.plugins import PluginPolicy
 
 ALLOWED = PluginPolicy.parse("lrbs_test_plugins")
 SMALL_RANGE = {"num_steps": 30, "batch_size": 32}

@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from service import queue
-from service import spec as s
-from service.db import transaction
-from service.errors import Conflict, LeaseLost
+from lrbs.service import queue
+from lrbs.service import spec as s
+from lrbs.service.db import transaction
+from lrbs.service.errors import Conflict, LeaseLost
 from tests.conftest import MINIMAL_SPEC
 
 SPEC = s.JobSpec.model_validate(MINIMAL_SPEC)

@@ -3,10 +3,10 @@
 import pytest
 from pydantic import ValidationError
 
-from service.errors import Unprocessable
-from service.limits import check_limits
-from service.settings import Settings
-from service.spec import JobSpec, builtin_shape
+from lrbs.service.errors import Unprocessable
+from lrbs.service.limits import check_limits
+from lrbs.service.settings import Settings
+from lrbs.service.spec import JobSpec, builtin_shape
 from tests.conftest import MINIMAL_SPEC
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from worker.suggest import (
+from lrbs.worker.suggest import (
     PEAK_PER_LOWEST,
     RULES,
     Suggestion,

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from service.uploads import FORMATS, UploadError, detect_format, parse_upload, write_canonical
+from lrbs.service.uploads import FORMATS, UploadError, detect_format, parse_upload, write_canonical
 
 rng = np.random.default_rng(0)
 

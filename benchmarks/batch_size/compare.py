@@ -19,7 +19,7 @@ import statistics
 import torch
 
 from benchmarks.batch_size.critical import FRACTION, FRACTIONS, SETUPS, TASKS, critical_batch
-from worker.advise import advise
+from lrbs.worker.advise import advise
 
 SEEDS = (0, 1, 2)
 

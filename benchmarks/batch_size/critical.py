@@ -50,7 +50,7 @@ import numpy as np
 from benchmarks.lr_quality.grid import GRID as LR_QUALITY_GRID
 from benchmarks.lr_quality.tasks import TASKS as LR_TASKS
 from benchmarks.lr_quality.tasks import Task
-from worker.probes.batches import forever
+from lrbs.worker.probes.batches import forever
 
 CACHE_FILE = Path(__file__).parent / "cache.json"
 SEEDS = (0, 1, 2, 3)
@@ -96,7 +96,7 @@ def loss_curve(task: Task, batch_size: int, lr: float, seed: int, max_steps: int
                stop_at: float = -math.inf) -> tuple[list[int], list[float], bool]:
     """(steps, validation losses, diverged) at the eval points, until the loss is ≤ stop_at or max_steps."""
     from benchmarks.lr_quality.training import build
-    from worker.probes.train import evaluate
+    from lrbs.worker.probes.train import evaluate
 
     _, data, model, loss_fn, optimizer = build(task, seed, lr)
     val = data.val_batches(VAL_BATCH)

@@ -10,7 +10,7 @@ See /work/shared/RESEARCH.md, "LR range test", for how they differ. Both package
 extra (`[bench]`): they are imported inside the functions, so this module imports without them.
 
 Data: both finders get the same stream, the first `num_steps` batches drawn from `batches` the way
-lrbs's range test draws them (re-iterating it after each pass, so a `worker.datasets.Batches` gives
+lrbs's range test draws them (re-iterating it after each pass, so a `worker.builtin_data.Batches` gives
 a fresh shuffle every epoch). `batches` must be re-iterable when `num_steps` exceeds one pass. A
 stateful iterable (like `Batches`) advances: pass each finder (and lrbs) its own fresh copy.
 
@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.nn import Parameter
 from torch.optim import Optimizer
 
-from worker.probes.batches import forever
+from lrbs.worker.probes.batches import forever
 
 # Loggers that Lightning writes through (GPU/TPU banners, "Restoring states", the suggestion error).
 _LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning_fabric", "pytorch_lightning")

@@ -24,7 +24,7 @@ import torch
 from benchmarks.lr_quality import grid
 from benchmarks.lr_quality.tasks import SCHEDULES, TASKS, Task
 from benchmarks.lr_quality.training import POLICY, build, data_of
-from worker.advise import advise
+from lrbs.worker.advise import advise
 
 FINDER_SEEDS = (100, 200, 300)
 SUGGESTIONS_FILE = grid.CACHE / "suggestions.json"
@@ -58,7 +58,7 @@ def anchor_suggestions(task: Task, finder_seed: int) -> dict[str, dict]:
     found = {"pytorch-lr-finder": torch_lr_finder_suggestion(
         model, loss_fn, optimizer, data.batches(task.batch_size, finder_seed), min_lr=1e-7, max_lr=10.0)}
     spec, data, model, loss_fn, _ = build(task, finder_seed, 1e-7)
-    from worker import registry
+    from lrbs.worker import registry
 
     def make_optimizer(params, lr):
         return registry.make_optimizer(spec.optimizer, params, lr, POLICY)

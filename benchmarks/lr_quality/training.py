@@ -8,10 +8,10 @@ from functools import cache
 import torch
 
 from benchmarks.lr_quality.tasks import TASKS, Task
-from worker import registry
-from worker.plugins import PluginPolicy
-from worker.probes.train import evaluate, train
-from worker.schedules import schedule_params
+from lrbs.worker import registry
+from lrbs.worker.plugins import PluginPolicy
+from lrbs.worker.probes.train import evaluate, train
+from lrbs.worker.schedules import schedule_params
 
 DEVICE = torch.device("cpu")
 POLICY = PluginPolicy()

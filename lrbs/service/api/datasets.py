@@ -1,0 +1,86 @@
+"""/v1/datasets: upload a dataset once, then use it in jobs as {"source": "upload", "id": ...}."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from lrbs.service import dataset_store
+from lrbs.service import spec as s
+from lrbs.service.api.deps import SessionsDep, SettingsDep
+from lrbs.service.db import transaction
+from lrbs.service.tables import Dataset
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+def to_resource(row: Dataset) -> s.DatasetOut:
+    return s.DatasetOut.model_validate(row, from_attributes=True)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=s.DatasetOut,
+    responses={200: {"description": "These bytes were uploaded before: the same dataset."},
+               413: {"description": "Larger than LRBS_MAX_UPLOAD_MB."},
+               422: {"description": "Not a dataset lrbs can read; `detail` says why."}},
+    summary="Upload a dataset",
+    description="Multipart field `file`: `.npz` with arrays `x` and `y` (optional `x_val`, `y_val`; no pickles), "
+    "or `.csv` / `.parquet` with a `target` column (or name it in the form field `target_column`). Integer `x` "
+    "and `y` of shape (N, T) are token data for language models.",
+)
+async def upload(
+    response: Response,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="The dataset file.")],
+    target_column: Annotated[str | None, Form(description="CSV/Parquet: the label column (default target).")] = None,
+) -> s.DatasetOut:
+    filename = file.filename or "upload"
+
+    def store() -> tuple[s.DatasetOut, bool]:
+        path, sha256, size = dataset_store.receive(file.file, settings)
+        try:
+            with transaction(sessions) as session:
+                found = dataset_store.existing(session, sha256, target_column)
+                if found is not None:
+                    return to_resource(found), False
+            row = dataset_store.prepare(path, filename, sha256, size, target_column, settings)
+            with transaction(sessions) as session:
+                if (found := dataset_store.existing(session, sha256, target_column)) is not None:
+                    return to_resource(found), False  # a concurrent upload of the same bytes won
+                session.add(row)
+            return to_resource(row), True
+        finally:
+            path.unlink(missing_ok=True)
+
+    dataset, created = await run_in_threadpool(store)
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = f"/v1/datasets/{dataset.id}"
+    return dataset
+
+
+@router.get("", response_model=s.DatasetPage, summary="List uploaded datasets, newest first")
+def list_datasets(
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    page_size: Annotated[int, Query(ge=1, description="At most LRBS_MAX_PAGE_SIZE.")] = 50,
+    page_token: Annotated[str | None, Query(description="next_page_token of the previous page.")] = None,
+) -> s.DatasetPage:
+    with transaction(sessions) as session:
+        rows, token = dataset_store.list_datasets(session, min(page_size, settings.max_page_size), page_token)
+        return s.DatasetPage(datasets=[to_resource(r) for r in rows], next_page_token=token)
+
+
+@router.get("/{dataset_id}", response_model=s.DatasetOut, summary="Get a dataset's description")
+def get_dataset(dataset_id: str, sessions: SessionsDep) -> s.DatasetOut:
+    with transaction(sessions) as session:
+        return to_resource(dataset_store.get(session, dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=204, summary="Delete a dataset (409 while a queued or running job uses it)")
+def delete_dataset(dataset_id: str, sessions: SessionsDep, settings: SettingsDep) -> Response:
+    with transaction(sessions) as session:
+        dataset_store.delete(session, dataset_id, settings)
+    return Response(status_code=204)

@@ -1,0 +1,43 @@
+"""Request dependencies as Annotated aliases: routers declare what they need, nothing more."""
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from lrbs.service.errors import TooLarge, Unauthorized
+from lrbs.service.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_sessions(request: Request) -> sessionmaker[Session]:
+    return request.app.state.sessions
+
+
+def require_worker(request: Request) -> None:
+    """Worker endpoints take `Authorization: Bearer <LRBS_WORKER_TOKEN>`."""
+    expected = request.app.state.settings.worker_token
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if not expected or scheme.lower() != "bearer" or not secrets.compare_digest(token, expected):
+        raise Unauthorized(
+            "worker endpoints need the header 'Authorization: Bearer <worker token>' "
+            "(LRBS_WORKER_TOKEN on the service; `lrbs worker --token`)"
+        )
+
+
+async def limit_body(request: Request) -> None:
+    limit = request.app.state.settings.max_spec_bytes
+    size = len(await request.body())
+    if size > limit:
+        raise TooLarge(f"the request body is {size} bytes; this service accepts at most {limit} "
+                       "(setting LRBS_MAX_SPEC_BYTES)")
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
+WorkerAuth = Depends(require_worker)
+BodyLimit = Depends(limit_body)

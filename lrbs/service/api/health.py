@@ -1,0 +1,21 @@
+"""Liveness and readiness probes."""
+
+from fastapi import APIRouter
+from sqlalchemy import text
+
+from lrbs.service.api.deps import SessionsDep
+from lrbs.service.db import transaction
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is up")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="The database answers")
+def readyz(sessions: SessionsDep) -> dict[str, str]:
+    with transaction(sessions) as session:
+        session.execute(text("SELECT 1"))
+    return {"status": "ready"}

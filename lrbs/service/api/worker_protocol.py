@@ -1,0 +1,106 @@
+"""/v1/worker: the pull protocol workers speak. Every call needs the worker token."""
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from lrbs.service import dataset_store, queue, worker_registry
+from lrbs.service import spec as s
+from lrbs.service.api.deps import SessionsDep, SettingsDep, WorkerAuth
+from lrbs.service.db import transaction
+
+router = APIRouter(prefix="/v1/worker", tags=["worker"], dependencies=[WorkerAuth])
+
+# Jobs posted through another replica are not rung on this one's doorbell: look again this often.
+RECHECK_SECONDS = 1.0
+
+
+@router.post(
+    "/claim",
+    response_model=s.Lease,
+    responses={204: {"description": "No job arrived within wait_seconds."}},
+    summary="Claim the oldest queued job (long-poll)",
+)
+async def claim(body: s.ClaimRequest, request: Request, sessions: SessionsDep, settings: SettingsDep):
+    def claim_once() -> s.Lease | None:
+        with transaction(sessions) as session:
+            job = queue.claim(session, body.worker_id, settings)
+            if job is None:
+                return None
+            data_sha = dataset_store.get(session, job.dataset_id).data_sha256 if job.dataset_id else None
+        return s.Lease(
+            job_id=job.id, lease_token=job.lease_token, lease_seconds=settings.lease_seconds,
+            attempt=job.attempts, max_run_seconds=settings.max_run_seconds, spec=job.spec,
+            dataset_sha256=data_sha,
+        )
+
+    def mark_seen() -> None:
+        with transaction(sessions) as session:
+            worker_registry.seen(session, body.worker_id)
+
+    await run_in_threadpool(mark_seen)
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + body.wait_seconds
+    doorbell = request.app.state.doorbell
+    while True:
+        # Never lease a job to a worker that hung up; let a service that is stopping stop.
+        if request.app.state.draining or await request.is_disconnected():
+            return Response(status_code=204)
+        lease = await run_in_threadpool(claim_once)
+        if lease is not None:
+            return lease
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return Response(status_code=204)
+        await doorbell.wait(min(remaining, RECHECK_SECONDS))
+
+
+@router.post("/jobs/{job_id}:heartbeat", response_model=s.HeartbeatReply, summary="Extend the lease")
+def heartbeat(job_id: str, body: s.Heartbeat, sessions: SessionsDep, settings: SettingsDep):
+    with transaction(sessions) as session:
+        cancel = queue.heartbeat(session, job_id, body.lease_token, body.progress, settings)
+    return s.HeartbeatReply(cancel_requested=cancel)
+
+
+@router.post("/jobs/{job_id}:complete", status_code=204, summary="Report the result")
+def complete(job_id: str, body: s.Completion, sessions: SessionsDep) -> Response:
+    with transaction(sessions) as session:
+        queue.complete(session, job_id, body.lease_token, body.result)
+    return Response(status_code=204)
+
+
+@router.post("/jobs/{job_id}:fail", status_code=204, summary="Report a failed attempt")
+async def fail(job_id: str, body: s.Failure, request: Request, sessions: SessionsDep) -> Response:
+    def write() -> str:
+        with transaction(sessions) as session:
+            return queue.fail(session, job_id, body.lease_token, body.message, body.retryable).state
+
+    if await run_in_threadpool(write) == "queued":
+        request.app.state.doorbell.ring()
+    return Response(status_code=204)
+
+
+@router.post("/jobs/{job_id}:cancelled", status_code=204, summary="Confirm a cancelled job stopped")
+def cancelled(job_id: str, body: s.Cancelled, sessions: SessionsDep) -> Response:
+    with transaction(sessions) as session:
+        queue.mark_cancelled(session, job_id, body.lease_token)
+    return Response(status_code=204)
+
+
+@router.post("/register", status_code=204, summary="Say what this worker can run")
+def register(body: s.Registration, sessions: SessionsDep) -> Response:
+    with transaction(sessions) as session:
+        worker_registry.seen(session, body.worker_id, body.info)
+    return Response(status_code=204)
+
+
+@router.get("/datasets/{dataset_id}", summary="Download an uploaded dataset as canonical .npz",
+            response_class=FileResponse)
+def download_dataset(dataset_id: str, sessions: SessionsDep, settings: SettingsDep) -> FileResponse:
+    with transaction(sessions) as session:
+        row = dataset_store.get(session, dataset_id)
+    return FileResponse(dataset_store.blob_path(settings, row.sha256), media_type="application/octet-stream",
+                        headers={"X-Content-SHA256": row.data_sha256})

@@ -1,0 +1,16 @@
+"""/v1/workers: who can run jobs, and what they can run (so a user sees why a job waits or fails)."""
+
+from fastapi import APIRouter
+
+from lrbs.service import spec as s
+from lrbs.service import worker_registry
+from lrbs.service.api.deps import SessionsDep, SettingsDep
+from lrbs.service.db import transaction
+
+router = APIRouter(prefix="/v1/workers", tags=["workers"])
+
+
+@router.get("", response_model=s.WorkerList, summary="List workers, most recently seen first")
+def list_workers(sessions: SessionsDep, settings: SettingsDep) -> s.WorkerList:
+    with transaction(sessions) as session:
+        return s.WorkerList(workers=worker_registry.list_workers(session, settings))

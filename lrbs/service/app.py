@@ -1,0 +1,107 @@
+"""create_app(settings): the FastAPI application, its routers, error handlers and lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
+
+import lrbs
+from lrbs.service import db, queue
+from lrbs.service.api import datasets, health, jobs, worker_protocol, workers
+from lrbs.service.dataset_store import too_large
+from lrbs.service.errors import install_handlers, problem_response
+from lrbs.service.settings import Settings
+
+log = logging.getLogger("lrbs.service")
+
+
+class Doorbell:
+    """Wakes this process's long-polling claimers the moment a job becomes claimable."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def ring(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+
+
+def prepare_database(settings: Settings):
+    engine = db.make_engine(settings.database_url)
+    auto = settings.auto_migrate
+    if auto is None:
+        auto = engine.dialect.name == "sqlite"
+    if auto:
+        db.upgrade(engine)
+    elif not db.is_at_head(engine):
+        engine.dispose()
+        raise RuntimeError("the database schema is not up to date: run `lrbs db upgrade` (same LRBS_DATABASE_URL)")
+    return engine
+
+
+async def reap_forever(app: FastAPI) -> None:
+    settings: Settings = app.state.settings
+
+    def reap_once() -> int:
+        with db.transaction(app.state.sessions) as session:
+            return queue.reap(session)
+
+    while True:
+        await asyncio.sleep(settings.reap_interval_seconds)
+        try:
+            if await run_in_threadpool(reap_once):
+                app.state.doorbell.ring()
+        except Exception:  # a database hiccup must not stop the reaper for good
+            log.exception("reaping expired leases failed; trying again")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine = prepare_database(settings)
+        app.state.sessions = db.make_sessionmaker(engine)
+        app.state.doorbell = Doorbell()
+        reaper = asyncio.create_task(reap_forever(app))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with suppress(asyncio.CancelledError):
+                await reaper
+            engine.dispose()
+
+    app = FastAPI(
+        title="lrbs",
+        version=lrbs.__version__,
+        summary="Learning-rate and batch-size advice, measured on your model.",
+        description="POST a job spec to `/v1/jobs`; a worker runs an LR range test with PyTorch; "
+        "`GET /v1/jobs/{id}` returns the curve, every rule's suggestion and the recommended settings.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.draining = False  # set on shutdown so long-polls end instead of holding it up
+    install_handlers(app)
+
+    @app.middleware("http")
+    async def refuse_oversized_uploads(request: Request, call_next):
+        """Answer 413 from Content-Length, before a byte of an oversized upload is read."""
+        if request.method == "POST" and request.url.path == "/v1/datasets":
+            length = request.headers.get("content-length", "")
+            slack = 1 << 20  # multipart headers and the form field around the file
+            if length.isdigit() and int(length) > settings.max_upload_mb * (1 << 20) + slack:
+                return problem_response(request, 413, "Content too large", too_large(settings), "too-large")
+        return await call_next(request)
+
+    for module in (jobs, datasets, workers, worker_protocol, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,127 @@
+"""Uploaded datasets: validated once on the way in, stored content-addressed, served to workers.
+
+Each upload is parsed by service/uploads.py into canonical arrays (x, y, optional x_val and y_val) and
+kept as `<data_dir>/datasets/<sha256 of the upload>.npz`, so workers need numpy only and never see
+the user's original file format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from lrbs.service import spec as s
+from lrbs.service.errors import Conflict, NotFound, TooLarge, Unprocessable
+from lrbs.service.tables import Dataset, Job
+from lrbs.service.pagination import newest_first
+from lrbs.service.queue import utcnow
+from lrbs.service.settings import Settings
+from lrbs.service.uploads import UploadError, detect_format, parse_upload, write_canonical
+
+CHUNK = 1 << 20
+
+
+def blob_path(settings: Settings, sha256: str) -> Path:
+    return Path(settings.data_dir) / "datasets" / f"{sha256}.npz"
+
+
+def receive(source: BinaryIO, settings: Settings) -> tuple[Path, str, int]:
+    """Copy an upload to a temporary file, hashing and counting as it goes; 413 past the limit."""
+    limit = int(settings.max_upload_mb * 1024 * 1024)
+    incoming = Path(settings.data_dir) / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    digest, size = hashlib.sha256(), 0
+    fd, name = tempfile.mkstemp(dir=incoming)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := source.read(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(too_large(settings))
+                digest.update(chunk)
+                out.write(chunk)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name), digest.hexdigest(), size
+
+
+def too_large(settings: Settings) -> str:
+    return (f"the upload is larger than this service's limit of {settings.max_upload_mb:g} MiB "
+            "(setting LRBS_MAX_UPLOAD_MB)")
+
+
+def prepare(path: Path, filename: str, sha256: str, size: int, target_column: str | None,
+            settings: Settings) -> Dataset:
+    """Parse and validate the received file and write its canonical .npz; the row is not stored yet."""
+    try:
+        fmt = detect_format(filename)
+        parsed = parse_upload(path, filename, target_column=target_column,
+                              max_array_bytes=int(settings.max_unpacked_mb * (1 << 20)))
+    except UploadError as exc:
+        raise Unprocessable(str(exc), errors=[{"field": "file", "message": str(exc)}]) from None
+    blob = blob_path(settings, sha256)
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    staging = blob.with_suffix(".tmp")
+    write_canonical(parsed, staging)
+    os.replace(staging, blob)  # atomic: a worker never reads half a file
+    return Dataset(
+        id=sha256[:32], sha256=sha256, data_sha256=file_sha256(blob), filename=filename[:300], format=fmt,
+        target_column=target_column if fmt != "npz" else None, size_bytes=size, shapes=parsed.shapes,
+        dtypes=parsed.dtypes, shape=parsed.shape.model_dump(mode="json"), created_at=utcnow(),
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def existing(session: Session, sha256: str, target_column: str | None) -> Dataset | None:
+    """The same bytes give the same dataset; with another target column they would not, so say so."""
+    found = session.scalars(select(Dataset).where(Dataset.sha256 == sha256)).first()
+    if found is not None and found.format != "npz" and found.target_column != target_column:
+        raise Conflict(f"these bytes were uploaded before as dataset {found.id} with target_column "
+                       f"{found.target_column!r}; delete it first to use target_column {target_column!r}")
+    return found
+
+
+def get(session: Session, dataset_id: str) -> Dataset:
+    found = session.get(Dataset, dataset_id)
+    if found is None:
+        raise NotFound(f"no uploaded dataset {dataset_id!r}; upload one with POST /v1/datasets")
+    return found
+
+
+def list_datasets(session: Session, page_size: int, page_token: str | None) -> tuple[list[Dataset], str | None]:
+    return newest_first(session, select(Dataset), Dataset, page_size, page_token)
+
+
+def delete(session: Session, dataset_id: str, settings: Settings) -> None:
+    dataset = get(session, dataset_id)
+    in_use = session.scalar(
+        select(func.count()).where(Job.dataset_id == dataset_id, Job.state.in_(("queued", "running")))
+    )
+    if in_use:
+        raise Conflict(f"dataset {dataset_id} is used by {in_use} queued or running job(s); "
+                       "cancel them or wait for them to end")
+    session.delete(dataset)
+    session.flush()
+    blob_path(settings, dataset.sha256).unlink(missing_ok=True)
+
+
+def shape_for_job(session: Session, dataset: s.UploadedDataset) -> tuple[Dataset, s.DataShape]:
+    try:
+        row = get(session, dataset.id)
+    except NotFound as exc:
+        raise Unprocessable(exc.detail, errors=[{"field": "dataset.id", "message": exc.detail}]) from None
+    return row, s.DataShape.model_validate(row.shape)

@@ -1,0 +1,39 @@
+"""Workers the service has heard from: what they can run and whether they are still there."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from lrbs.service import spec as s
+from lrbs.service.tables import Job, Worker
+from lrbs.service.queue import utcnow
+from lrbs.service.settings import Settings
+
+
+def seen(session: Session, worker_id: str, info: s.WorkerInfo | None = None) -> None:
+    """Record that a worker called in (registering it on first sight)."""
+    now = utcnow()
+    worker = session.get(Worker, worker_id)
+    if worker is None:
+        worker = Worker(id=worker_id, first_seen_at=now, last_seen_at=now)
+        session.add(worker)
+    worker.last_seen_at = now
+    if info is not None:
+        worker.info = info.model_dump(mode="json")
+    session.flush()
+
+
+def list_workers(session: Session, settings: Settings) -> list[s.WorkerOut]:
+    cutoff = utcnow() - timedelta(seconds=settings.worker_online_seconds)
+    running = dict(session.execute(select(Job.worker_id, Job.id).where(Job.state == "running")).all())
+    rows = session.scalars(select(Worker).order_by(Worker.last_seen_at.desc())).all()
+    return [
+        s.WorkerOut(
+            id=w.id, online=w.last_seen_at >= cutoff, running_job_id=running.get(w.id), info=w.info,
+            first_seen_at=w.first_seen_at, last_seen_at=w.last_seen_at,
+        )
+        for w in rows
+    ]

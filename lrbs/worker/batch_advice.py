@@ -1,0 +1,237 @@
+"""Batch-size advice: what fits, what is fast, what is efficient, and the LR for each candidate.
+
+The recommended batch minimises the predicted time to reach a target loss. With the gradient noise
+scale B_noise (McCandlish et al. 2018), the steps needed are S = S_min·(1 + B_noise/B); each takes the
+measured step time t(B) = B / throughput(B), so time ∝ (B + B_noise) / throughput(B).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from lrbs.service import spec as s
+from lrbs.worker import registry, suggest
+from lrbs.worker.errors import JobError
+from lrbs.worker.plugins import PluginPolicy
+from lrbs.worker.probes import batch_size as bs
+from lrbs.worker.probes import noise_scale
+from lrbs.worker.probes.batches import forever
+from lrbs.worker.probes.lr_range import lr_range_test
+from lrbs.worker.probes.train import train
+from lrbs.worker.schedules import schedule_params
+
+MEMORY_HEADROOM = 0.10  # share of the memory budget kept free (Lightning #8028: the chosen batch OOMs later)
+NOISE_WARMUP_STEPS = 50  # B_noise is near 0 at initialisation and grows: measure after some training
+NOISE_MEASUREMENTS = 24
+ADAPTIVE = ("adam", "adamw", "rmsprop", "adagrad")
+MB = 2**20
+
+
+def candidates_for(spec: s.JobSpec, n_train: int) -> list[int]:
+    sizes = spec.batch_sizes.sizes() if isinstance(spec.batch_sizes, s.AutoBatchSizes) else list(spec.batch_sizes)
+    usable = [b for b in sizes if b <= n_train]
+    if not usable:
+        raise JobError(f"every candidate batch size is larger than the {n_train} training samples")
+    return usable
+
+
+def advise_batch_size(spec: s.JobSpec, data: registry.TrainData, loss_fn, device: torch.device,
+                      policy: PluginPolicy, base_lr: float | None, report: Callable[[s.Progress], None],
+                      headroom: float = MEMORY_HEADROOM) -> s.BatchSizeAdvice:
+    sizes = candidates_for(spec, data.n_train)
+    lr0 = base_lr or 1e-3
+    b0 = spec.lr_range.batch_size
+
+    def make(lr: float = lr0, seed: int = spec.seed):
+        return registry.fresh(spec, data.shape, device, policy, lr, seed)
+
+    def batch(size: int):
+        return next(iter(data.batches(size, spec.seed)))
+
+    probes = []
+    for i, size in enumerate(sizes):
+        report(s.Progress(phase="batch_size", step=i, total=len(sizes), fraction=i / len(sizes)))
+        probes.append(bs.probe(make, loss_fn, batch, size, device))
+    budget = bs.memory_budget(device, spec.memory_budget_gb)
+    fit = bs.memory_fit(probes)
+    limit = budget * (1 - headroom) if budget else None
+    fits = {p.batch_size: p.ran and (limit is None or p.peak_bytes is None or p.peak_bytes <= limit) for p in probes}
+
+    largest, verified = _largest(fit, budget, headroom, probes, fits, make, loss_fn, batch, device, data.n_train)
+    fitting = [p for p in probes if fits[p.batch_size]]
+    if not fitting:
+        raise JobError(f"no candidate batch size fits: {probes[0].note or 'over the memory budget'}; "
+                       "try smaller batch sizes or a larger memory_budget_gb")
+
+    lrs, scaling = lrs_for(spec, [p.batch_size for p in fitting], lr0, b0, data, loss_fn, device, policy)
+    noise = measure_noise(spec, data, loss_fn, make, [p.batch_size for p in fitting], lr0, report)
+    b_noise = noise.b_noise if noise and noise.b_noise is not None else None
+    times = {p.batch_size: time_to_target(p.batch_size, p.samples_per_s, b_noise) for p in fitting}
+    best_time = min(times.values())
+    chosen = soonest = min(times, key=times.get)
+    val_losses, epochs, weighed = {}, None, None
+    if spec.generalization_check:
+        epochs = check_epochs([p.batch_size for p in fitting], data.n_train)
+        val_losses = {b: equal_epoch_loss(spec, data, loss_fn, make, b, lrs[b], epochs, report) for b in times}
+        chosen, weighed = weigh_generalization(chosen, times, val_losses)
+
+    candidates = [
+        s.BatchCandidate(
+            batch_size=p.batch_size, fits=fits[p.batch_size],
+            peak_memory_mb=p.peak_bytes / MB if p.peak_bytes is not None else None,
+            step_time_s=p.step_time_s, samples_per_s=p.samples_per_s, lr=lrs.get(p.batch_size),
+            relative_time_to_target=times[p.batch_size] / best_time if p.batch_size in times else None,
+            val_loss=val_losses.get(p.batch_size),
+            note=p.note or (None if fits[p.batch_size] else f"over {1 - headroom:.0%} of the memory budget"),
+        )
+        for p in probes
+    ]
+    accumulation = math.ceil(spec.target_effective_batch / chosen) if spec.target_effective_batch else None
+    return s.BatchSizeAdvice(
+        batch_size=chosen, lr=lrs.get(chosen), lr_scaling=scaling, largest_fitting=largest,
+        largest_fitting_verified=verified,
+        memory_fit_mb=(fit[0] / MB, fit[1] / MB) if fit else None, headroom=headroom,
+        grad_accumulation_steps=accumulation, noise_scale=noise, generalization_epochs=epochs, candidates=candidates,
+        reason=explain(soonest, chosen, b_noise, fitting, largest, accumulation, spec, weighed),
+    )
+
+
+GENERALIZATION_TOLERANCE = 0.05  # a validation loss this much above the best candidate's counts as worse
+MIN_CHECK_STEPS, MAX_CHECK_EPOCHS = 20, 20
+
+
+def check_epochs(sizes: list[int], n_train: int) -> int:
+    """Enough epochs that the largest candidate still takes MIN_CHECK_STEPS steps."""
+    return min(MAX_CHECK_EPOCHS, max(1, math.ceil(MIN_CHECK_STEPS * max(sizes) / n_train)))
+
+
+def equal_epoch_loss(spec, data, loss_fn, make, batch: int, lr: float | None, epochs: int, report) -> float | None:
+    """Validation loss after `epochs` epochs at this batch size and its LR (constant schedule)."""
+    report(s.Progress(phase="generalization_check", step=batch, total=0))
+    if lr is None:
+        return None
+    steps = max(1, epochs * data.n_train // batch)
+    model, optimizer = make(lr)
+    loss = train(model, loss_fn, optimizer, data.batches(batch, spec.seed), data.val_batches(256), schedule="constant",
+                 schedule_params=schedule_params("constant", lr, steps), steps=steps)
+    return loss if math.isfinite(loss) else None
+
+
+def weigh_generalization(chosen: int, times: dict[int, float], val_losses: dict[int, float | None]):
+    """Keep the fastest batch unless it generalised worse than the best candidate; then the fastest that did not."""
+    finite = {b: v for b, v in val_losses.items() if v is not None}
+    if not finite:
+        return chosen, "the generalisation check diverged for every candidate, so it was not weighed"
+    best = min(finite.values())
+    ok = [b for b, v in finite.items() if v <= best * (1 + GENERALIZATION_TOLERANCE)]
+    if chosen in ok:
+        return chosen, (f"in an equal-epoch check batch {chosen} generalised as well as the best candidate "
+                        f"(validation loss {finite[chosen]:.4g} against {best:.4g})")
+    better = min(ok, key=times.get)
+    worse = f"{finite[chosen]:.4g}" if chosen in finite else "diverged"
+    return better, (f"batch {chosen} would be fastest, but in an equal-epoch check it generalised worse "
+                    f"(validation loss {worse} against the best {best:.4g}), so batch {better} is advised instead")
+
+
+def time_to_target(batch: int, samples_per_s: float | None, b_noise: float | None) -> float:
+    """∝ (B + B_noise) / throughput. Without a noise scale (unmeasured, or a gradient that is all noise) every
+    batch is taken to need the same number of samples, so time ∝ 1 / throughput."""
+    if not samples_per_s:
+        return math.inf
+    if b_noise is None:
+        return 1.0 / samples_per_s
+    return (batch + b_noise) / samples_per_s
+
+
+def _largest(fit, budget, headroom, probes, fits, make, loss_fn, batch, device, n_train) -> tuple[int | None, bool]:
+    """The largest batch that fits: predicted from the memory fit, then checked with one real step."""
+    predicted = bs.largest_fitting(fit, budget, headroom)
+    ran = [p.batch_size for p in probes if fits[p.batch_size]]
+    if predicted is None:
+        return (max(ran) if ran else None), bool(ran)
+    predicted = min(predicted, n_train)
+    if predicted in ran or predicted <= 0:
+        return predicted or None, predicted > 0
+    check = bs.probe(make, loss_fn, batch, predicted, device, timed_steps=1)
+    ok = check.ran and (check.peak_bytes is None or check.peak_bytes <= budget * (1 - headroom))
+    return (predicted if ok else max(ran, default=None)), ok
+
+
+def lrs_for(spec: s.JobSpec, sizes: list[int], lr0: float, b0: int, data, loss_fn, device, policy):
+    """The LR for each batch size, by spec.lr_scaling."""
+    rule = "sqrt" if getattr(spec.optimizer, "name", "") in ADAPTIVE else "linear"
+    scaling = spec.lr_scaling
+
+    def by_rule(kind: str) -> dict[int, float]:
+        power = 0.5 if kind == "sqrt" else 1.0
+        return {b: lr0 * (b / b0) ** power for b in sizes}
+
+    if scaling in ("linear", "sqrt"):
+        return by_rule(scaling), scaling
+    probed = {b: probe_lr(spec, b, data, loss_fn, device, policy)
+              for b in (sizes if scaling == "probe" else sorted({sizes[0], sizes[-1]}))}
+    if scaling == "probe":
+        fallback = by_rule(rule)
+        return {b: probed[b] or fallback[b] for b in sizes}, "probe"
+    low, high = sizes[0], sizes[-1]
+    if probed.get(low) and probed.get(high) and high > low:
+        slope = math.log(probed[high] / probed[low]) / math.log(high / low)
+        return {b: probed[low] * (b / low) ** slope for b in sizes}, f"interpolated (LR ∝ B^{slope:.2f} between probes)"
+    return by_rule(rule), f"{rule} rule (a probe found no LR)"
+
+
+def probe_lr(spec: s.JobSpec, batch: int, data, loss_fn, device, policy) -> float | None:
+    """A quick range test (one sweep) at this batch size, read with the same rule as the job's advice."""
+    rng = spec.lr_range
+    model, optimizer = registry.fresh(spec, data.shape, device, policy, rng.min_lr, spec.seed)
+    curve = lr_range_test(model, loss_fn, optimizer, data.batches(batch, spec.seed), min_lr=rng.min_lr,
+                          max_lr=rng.max_lr, num_steps=rng.num_steps, mode=rng.mode, smoothing=rng.smoothing,
+                          diverge_factor=rng.diverge_factor)
+    return suggest.choose(suggest.suggest_all(curve.lrs, curve.smoothed, curve.losses), spec.schedule).lr
+
+
+def measure_noise(spec, data, loss_fn, make, sizes: list[int], lr: float, report) -> s.NoiseScaleOut | None:
+    """B_noise after NOISE_WARMUP_STEPS at the recommended LR, from the smallest and largest fitting batch."""
+    small, big = sizes[0], sizes[-1]
+    if big < 2 * small:
+        return None  # two batch sizes too close to tell noise from signal
+    report(s.Progress(phase="noise_scale", step=0, total=NOISE_MEASUREMENTS))
+    model, optimizer = make(lr)
+    params = schedule_params("constant", lr, NOISE_WARMUP_STEPS)
+    train(model, loss_fn, optimizer, data.batches(small, spec.seed), data.val_batches(256), schedule="constant",
+          schedule_params=params, steps=NOISE_WARMUP_STEPS)
+    big_batches = forever(data.batches(big, spec.seed + 1))
+    small_sq, big_sq, b_big = noise_scale.measure(model, loss_fn, big_batches, small, NOISE_MEASUREMENTS)
+    found = noise_scale.estimate(small_sq, big_sq, small, b_big)
+    if found.b_simple is None:  # |G|² came out ≤ 0: the signal is small against the noise, so measure longer
+        more = noise_scale.measure(model, loss_fn, big_batches, small, 2 * NOISE_MEASUREMENTS)
+        found = noise_scale.estimate(small_sq + more[0], big_sq + more[1], small, b_big)
+    return s.NoiseScaleOut(b_noise=found.b_simple, low=found.low, high=found.high, measured_at_lr=lr,
+                           after_steps=NOISE_WARMUP_STEPS, batch_sizes=(small, b_big), measurements=found.measurements)
+
+
+def explain(soonest: int, chosen: int, b_noise: float | None, fitting, largest: int | None,
+            accumulation: int | None, spec: s.JobSpec, weighed: str | None) -> str:
+    fastest = max(fitting, key=lambda p: p.samples_per_s or 0)
+    parts = []
+    if b_noise is not None:
+        parts.append(f"batch {soonest} reaches a target loss soonest: with the gradient noise scale B_noise ≈ "
+                     f"{b_noise:.3g}, steps fall as S_min·(1 + B_noise/B), so batches far above B_noise buy little "
+                     "per step while costing time per step")
+    else:
+        parts.append(f"batch {soonest} has the highest throughput (the noise scale could not be measured, so every "
+                     "batch size is taken to need the same number of samples)")
+    if fastest.batch_size != soonest:
+        parts.append(f"batch {fastest.batch_size} processes the most samples per second "
+                     f"({fastest.samples_per_s:.3g}/s) but needs more of them")
+    if weighed:
+        parts.append(weighed)
+    if largest is not None:
+        parts.append(f"the largest batch that fits with headroom is {largest}")
+    if accumulation:
+        parts.append(f"{accumulation} accumulation steps of {chosen} reach the effective batch "
+                     f"{spec.target_effective_batch} you asked for")
+    return "; ".join(parts)

@@ -1,0 +1,226 @@
+"""LR range test (Smith 2015, "Cyclical Learning Rates for Training Neural Networks").
+
+Train for `num_steps` optimizer steps while the learning rate sweeps from `min_lr` to `max_lr`,
+record the loss of every step, and stop once the loss blows up. The curve feeds the suggestion
+rules in `worker/suggest.py`.
+
+A plain function over (model, loss_fn, optimizer, batches): no HTTP, no database. It trains a
+copy, so the caller's model and optimizer come back bit-for-bit as they went in, even when the
+run is aborted by an exception (on_progress raising is how the worker cancels a job).
+
+Speed: the loop costs what a bare training loop costs. Losses stay on the device and are read
+back once every `check_every` steps; smoothing and the stop rules run on the host per chunk.
+
+The step itself is the one a training pipeline would run, so the curve is the one it will see:
+`precision` ("fp32", "bf16" or "fp16" under autocast; fp16 with a GradScaler, CUDA only),
+`grad_accumulation_steps` (one optimizer step per LR point over that many micro-batches; the
+point's loss is their mean), `grad_clip_norm` and `channels_last`. The loop follows nanoGPT's
+train.py. fp16 adds the one host sync per step that GradScaler.step makes to decide whether to skip
+(fused optimizers avoid it); nothing else does.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrbs.worker.probes.batches import forever
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # "fp32" runs without autocast
+
+@dataclass
+class RangeResult:
+    lrs: list[float]  # lr of each recorded step
+    losses: list[float]  # raw training loss per step
+    smoothed: list[float]  # debiased EMA per step
+    stop_reason: str  # "completed" | "diverged" | "non_finite"
+    stopped_at: int | None  # step that triggered the stop (curve includes it for diverged, not non_finite)
+    steps_run: int  # optimizer steps actually taken (can pass stopped_at: the stop is seen per chunk)
+    wall_time_s: float
+
+
+def lr_schedule(min_lr: float, max_lr: float, num_steps: int, mode: str = "exponential") -> list[float]:
+    """`num_steps` learning rates from `min_lr` to `max_lr`, both included.
+
+    "exponential" spaces them geometrically (the usual choice: lr spans decades),
+    "linear" spaces them evenly.
+    """
+    if num_steps < 2:
+        raise ValueError(f"num_steps must be at least 2, got {num_steps}")
+    if not 0 < min_lr < max_lr:
+        raise ValueError(f"need 0 < min_lr < max_lr, got min_lr={min_lr}, max_lr={max_lr}")
+    last = num_steps - 1
+    if mode == "exponential":
+        lrs = [min_lr * (max_lr / min_lr) ** (i / last) for i in range(num_steps)]
+    elif mode == "linear":
+        lrs = [min_lr + (max_lr - min_lr) * i / last for i in range(num_steps)]
+    else:
+        raise ValueError(f"mode must be 'exponential' or 'linear', got {mode!r}")
+    lrs[0], lrs[-1] = min_lr, max_lr  # exact endpoints, whatever the rounding
+    return lrs
+
+
+def lr_range_test(
+    model: nn.Module,
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[Any, Any]],
+    *,
+    min_lr: float = 1e-7,
+    max_lr: float = 10.0,
+    num_steps: int = 100,
+    mode: str = "exponential",
+    smoothing: float = 0.98,
+    diverge_factor: float = 4.0,
+    check_every: int = 10,
+    on_progress: Callable[[int, int], None] | None = None,
+    precision: str = "fp32",
+    grad_accumulation_steps: int = 1,
+    grad_clip_norm: float | None = None,
+    channels_last: bool = False,
+) -> RangeResult:
+    """Run the LR range test on a copy of `model` and `optimizer`; see the module docstring.
+
+    Stops early when the smoothed loss exceeds `diverge_factor` × the best smoothed loss so far
+    (from the second step on), or when a loss is not finite. `on_progress(step_done, total)` is
+    called once per chunk of `check_every` steps; an exception it raises propagates.
+
+    Each of the `num_steps` LR points is one optimizer step over `grad_accumulation_steps`
+    micro-batches drawn from `batches`. `grad_clip_norm` clips the total gradient norm (after
+    unscaling) before the step. `channels_last` puts the copy and 4-D inputs in channels-last memory.
+    """
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    if check_every < 1:
+        raise ValueError(f"check_every must be at least 1, got {check_every}")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
+    if grad_accumulation_steps < 1:
+        raise ValueError(f"grad_accumulation_steps must be at least 1, got {grad_accumulation_steps}")
+    if grad_clip_norm is not None and not grad_clip_norm > 0:
+        raise ValueError(f"grad_clip_norm must be > 0 (or None for no clipping), got {grad_clip_norm}")
+    device = _device_of(model)
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(
+            f"fp16 needs a CUDA device (GradScaler), but the model is on {device.type}; use 'bf16' or 'fp32'"
+        )
+    lrs = lr_schedule(min_lr, max_lr, num_steps, mode)
+
+    t0 = time.perf_counter()
+    model, optimizer = _copy_for_probe(model, optimizer)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # in place: the optimizer copy keeps the same parameters
+    model.train()
+    accum = grad_accumulation_steps
+    ctx = nullcontext() if precision == "fp32" else torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # disabled: a pass-through
+    # One row per LR point, one column per micro-batch; on device until a chunk ends.
+    loss_buf = torch.empty(num_steps, accum, dtype=torch.float32, device=device)
+    data = forever(batches)
+
+    curve_lrs: list[float] = []
+    curve_losses: list[float] = []
+    curve_smoothed: list[float] = []
+    avg, best = 0.0, math.inf
+    stop_reason, stopped_at = "completed", None
+    chunk_start = 0
+    steps_run = 0
+    for step, lr in enumerate(lrs):
+        for group in optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)  # capturable/fused optimizers keep lr as a tensor
+            else:
+                group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        for micro in range(accum):
+            x, y = next(data)
+            if channels_last and x.dim() == 4:
+                x = x.to(device, memory_format=torch.channels_last, non_blocking=True)
+            else:
+                x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            with ctx:
+                loss = loss_fn(model(x), y)
+            loss_buf[step, micro] = loss.detach().float()  # a device-side copy: no host sync here
+            scaler.scale(loss / accum if accum > 1 else loss).backward()  # skip a no-op divide (and its backward)
+        if grad_clip_norm is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)  # returns the norm on device: not read
+        scaler.step(optimizer)
+        scaler.update()
+        steps_run = step + 1
+
+        if steps_run % check_every and steps_run < num_steps:
+            continue
+        # End of a chunk: one readback, then smoothing and stop rules on the host.
+        for i, raw in enumerate(loss_buf[chunk_start:steps_run].mean(dim=1).tolist(), start=chunk_start):
+            if not math.isfinite(raw):  # explicit: a NaN compares False and would slip past the rule below
+                stop_reason, stopped_at = "non_finite", i
+                break
+            avg = smoothing * avg + (1 - smoothing) * raw
+            smoothed = avg / (1 - smoothing ** (i + 1))  # debias: avg starts at 0
+            curve_lrs.append(lrs[i])
+            curve_losses.append(raw)
+            curve_smoothed.append(smoothed)
+            if i > 0 and smoothed > diverge_factor * best:
+                stop_reason, stopped_at = "diverged", i
+                break
+            best = min(best, smoothed)
+        chunk_start = steps_run
+        if on_progress is not None:
+            on_progress(steps_run, num_steps)
+        if stopped_at is not None:
+            break
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return RangeResult(
+        lrs=curve_lrs,
+        losses=curve_losses,
+        smoothed=curve_smoothed,
+        stop_reason=stop_reason,
+        stopped_at=stopped_at,
+        steps_run=steps_run,
+        wall_time_s=time.perf_counter() - t0,
+    )
+
+
+def _copy_for_probe(
+    model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A deep copy of the model and a fresh optimizer of the same class over the copy's parameters,
+    carrying a deep copy of the caller's optimizer state (momentum buffers, Adam moments, step counts).
+    """
+    model_copy = copy.deepcopy(model)
+    # deepcopy keeps parameter order and sharing, so parameters match by position.
+    twin = {id(p): q for p, q in zip(model.parameters(), model_copy.parameters(), strict=True)}
+    groups = []
+    for group in optimizer.param_groups:
+        missing = [p for p in group["params"] if id(p) not in twin]
+        if missing:
+            raise ValueError(f"optimizer holds {len(missing)} parameter(s) that are not in the model")
+        hyper = {k: v for k, v in group.items() if k != "params"}
+        groups.append({**hyper, "params": [twin[id(p)] for p in group["params"]]})
+    # `defaults` can hold keys the constructor does not take (AdamW's decoupled_weight_decay).
+    accepted = inspect.signature(type(optimizer)).parameters
+    optimizer_copy = type(optimizer)(groups, **{k: v for k, v in optimizer.defaults.items() if k in accepted})
+    # state_dict() hands out the caller's own state tensors and load_state_dict may keep them: copy first.
+    optimizer_copy.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    return model_copy, optimizer_copy
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")

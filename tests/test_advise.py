@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lrbs.service.spec import JobSpec
+from lrbs.contract.job_spec import JobSpec
 from lrbs.worker.advise import advise
 from lrbs.worker.errors import JobError
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrbs.service.spec import AutoBatchSizes, JobSpec
+from lrbs.contract.job_spec import AutoBatchSizes, JobSpec
 from lrbs.worker.advise import advise
 from lrbs.worker.batch_advice import time_to_target
 from lrbs.worker.probes.batch_size import StepProbe, largest_fitting, memory_fit, probe
@@ -100,7 +100,7 @@ def job(**parts) -> JobSpec:
 def test_batch_size_advice_end_to_end_in_process():
     result = advise(job(batch_sizes={"auto": True, "min": 16, "max": 256}, target_effective_batch=1000,
                         lr_scaling="linear"))
-    advice = result.batch_size
+    advice = result.batch_advice
     sizes = [c.batch_size for c in advice.candidates]
     assert sizes == [16, 32, 64, 128, 256] and all(c.fits for c in advice.candidates)
     assert advice.batch_size in sizes and advice.lr_scaling == "linear"
@@ -114,7 +114,7 @@ def test_batch_size_advice_end_to_end_in_process():
 
 @pytest.mark.parametrize("scaling", ["auto", "probe"])
 def test_lrs_from_short_range_tests_at_other_batch_sizes(scaling):
-    advice = advise(job(batch_sizes=[16, 64, 256], lr_scaling=scaling)).batch_size
+    advice = advise(job(batch_sizes=[16, 64, 256], lr_scaling=scaling)).batch_advice
     lrs = [c.lr for c in advice.candidates]
     assert all(lr and lr > 0 for lr in lrs)
     if scaling == "auto":  # probed at 16 and 256, interpolated in log space for 64
@@ -148,7 +148,7 @@ def test_weighing_generalization_keeps_or_replaces_the_fastest_batch():
 
 
 def test_generalization_check_trains_every_candidate_for_the_same_epochs():
-    advice = advise(job(batch_sizes=[16, 128], lr_scaling="linear", generalization_check=True)).batch_size
+    advice = advise(job(batch_sizes=[16, 128], lr_scaling="linear", generalization_check=True)).batch_advice
     assert advice.generalization_epochs >= 1
     assert all(c.val_loss is not None and c.val_loss > 0 for c in advice.candidates)
     assert "equal-epoch check" in advice.reason

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lrbs.service import spec as s
+from lrbs.contract.builtins import Digits, Iris, SyntheticImages, SyntheticTokens
 from lrbs.worker import builtin_data, networks
 
 
@@ -40,7 +40,7 @@ def test_resnet_depth_and_width_grow_the_model():
 
 def test_resnet_learns_synthetic_images():
     torch.manual_seed(0)
-    spec = s.SyntheticImages(name="synthetic_images", params={"n_samples": 64, "channels": 3, "height": 8,
+    spec = SyntheticImages(name="synthetic_images", params={"n_samples": 64, "channels": 3, "height": 8,
                                                               "width": 8, "n_classes": 4})
     data = builtin_data.builtin(spec)
     net = networks.resnet(3, 4, depth=1, width=8, stages=2)
@@ -89,7 +89,7 @@ def test_transformer_lm_rejects_sequences_longer_than_context():
 def test_transformer_lm_learns_synthetic_tokens():
     torch.manual_seed(0)
     vocab = 32
-    data = builtin_data.builtin(s.SyntheticTokens(name="synthetic_tokens",
+    data = builtin_data.builtin(SyntheticTokens(name="synthetic_tokens",
                                               params={"n_samples": 256, "context": 16, "vocab_size": vocab}))
     lm = tiny_lm(vocab_size=vocab, context=16)
     opt = torch.optim.Adam(lm.parameters(), lr=3e-3)
@@ -107,9 +107,9 @@ def test_transformer_lm_learns_synthetic_tokens():
 
 
 def test_synthetic_tokens_match_their_shape_and_shift_by_one():
-    spec = s.SyntheticTokens(name="synthetic_tokens", params={"n_samples": 50, "context": 12, "vocab_size": 20},
+    spec = SyntheticTokens(name="synthetic_tokens", params={"n_samples": 50, "context": 12, "vocab_size": 20},
                              validation_fraction=0.2)
-    data, shape = builtin_data.builtin(spec), s.builtin_shape(spec)
+    data, shape = builtin_data.builtin(spec), spec.shape()
     assert shape.input_shape == (12,) and shape.num_outputs == 20
     for x, y, n in [(data.x, data.y, 40), (data.x_val, data.y_val, 10)]:
         assert x.shape == y.shape == (n, 12)
@@ -120,7 +120,7 @@ def test_synthetic_tokens_match_their_shape_and_shift_by_one():
 
 def test_synthetic_tokens_are_seeded_and_predictable():
     def tokens(seed: int) -> torch.Tensor:
-        return builtin_data.builtin(s.SyntheticTokens(name="synthetic_tokens", params={"seed": seed})).x
+        return builtin_data.builtin(SyntheticTokens(name="synthetic_tokens", params={"seed": seed})).x
 
     assert torch.equal(tokens(1), tokens(1))
     assert not torch.equal(tokens(1), tokens(2))
@@ -136,11 +136,11 @@ def test_synthetic_tokens_are_seeded_and_predictable():
 @pytest.mark.parametrize(("name", "n", "features", "classes"), [("digits", 1797, 64, 10), ("iris", 150, 4, 3)])
 def test_sklearn_datasets(name, n, features, classes):
     pytest.importorskip("sklearn")
-    spec = s.Digits(name="digits") if name == "digits" else s.Iris(name="iris")
+    spec = Digits(name="digits") if name == "digits" else Iris(name="iris")
     data = builtin_data.builtin(spec)
     x, y = torch.cat([data.x, data.x_val]), torch.cat([data.y, data.y_val])
     assert x.shape == (n, features) and x.dtype == torch.float32 and y.dtype == torch.int64
-    assert s.builtin_shape(spec).input_shape == (features,) and s.builtin_shape(spec).num_outputs == classes
+    assert spec.shape().input_shape == (features,) and spec.shape().num_outputs == classes
     assert set(y.tolist()) == set(range(classes))
     assert len(data.x_val) == round(n * 0.2) and len(data.x) == n - round(n * 0.2)
     # Standardised per feature; digits' always-blank pixels stay at zero instead of dividing by zero.

@@ -213,7 +213,7 @@ def test_batch_size_advice_over_http(tmp_path):
         assert r.status_code == 422 and "must not exceed" in r.json()["detail"]
         job = wait_for(http, http.post("/v1/jobs", json=spec).json()["id"])
     assert job["state"] == "succeeded", job
-    advice = job["result"]["batch_size"]
+    advice = job["result"]["batch_advice"]
     assert [c["batch_size"] for c in advice["candidates"]] == [16, 32, 64, 128]
     assert advice["batch_size"] in (16, 32, 64, 128) and advice["grad_accumulation_steps"] >= 2
     assert advice["reason"] and advice["noise_scale"]["measurements"] > 0

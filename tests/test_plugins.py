@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from lrbs.service.spec import JobSpec
+from lrbs.contract.job_spec import JobSpec
 from lrbs.worker.advise import advise
 from lrbs.worker.capabilities import describe
 from lrbs.worker.errors import JobError

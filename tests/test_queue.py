@@ -5,21 +5,23 @@ import time
 
 import pytest
 
+from lrbs.contract.job_spec import JobSpec
+from lrbs.contract.resources import Progress
+from lrbs.contract.results import Curve, Environment, Result, SuggestionOut
 from lrbs.service import queue
-from lrbs.service import spec as s
 from lrbs.service.db import transaction
 from lrbs.service.errors import Conflict, LeaseLost
 from tests.conftest import MINIMAL_SPEC
 
-SPEC = s.JobSpec.model_validate(MINIMAL_SPEC)
+SPEC = JobSpec.model_validate(MINIMAL_SPEC)
 
 
-def a_result() -> s.Result:
-    return s.Result(
-        curve=s.Curve(lr=[1e-3, 1e-2], loss=[2.0, 1.0], smoothed_loss=[2.0, 1.5]),
-        suggestions={"valley": s.SuggestionOut(lr=1e-2, reason="test")},
+def a_result() -> Result:
+    return Result(
+        curve=Curve(lr=[1e-3, 1e-2], loss=[2.0, 1.0], smoothed_loss=[2.0, 1.5]),
+        suggestions={"valley": SuggestionOut(lr=1e-2, reason="test")},
         stop_reason="completed", steps_run=2, wall_time_s=0.1,
-        environment=s.Environment(device="cpu", torch="x", python="x", lrbs="x"),
+        environment=Environment(device="cpu", torch="x", python="x", lrbs="x"),
     )
 
 
@@ -49,7 +51,7 @@ def test_claim_takes_the_oldest_once(sessions, settings):
 def test_heartbeat_extends_the_lease_and_brings_back_cancellation(sessions, settings):
     (job_id,) = submit(sessions, settings)
     lease = claim(sessions, settings)
-    progress = s.Progress(phase="lr_range", step=5, total=10, fraction=0.5)
+    progress = Progress(phase="lr_range", step=5, total=10, fraction=0.5)
     with transaction(sessions) as session:
         assert queue.heartbeat(session, job_id, lease.lease_token, progress, settings) is False
     assert state(sessions, job_id).progress["step"] == 5

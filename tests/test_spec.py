@@ -1,12 +1,16 @@
 """The job spec: what is accepted, what is inferred, and what a bad spec is told."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 from pydantic import ValidationError
 
+from lrbs.contract.job_spec import JobSpec
 from lrbs.service.errors import Unprocessable
 from lrbs.service.limits import check_limits
 from lrbs.service.settings import Settings
-from lrbs.service.spec import JobSpec, builtin_shape
 from tests.conftest import MINIMAL_SPEC
 
 
@@ -34,7 +38,7 @@ def test_minimal_spec_gets_every_default():
 def test_regression_data_defaults_to_mse():
     job = JobSpec.model_validate(spec(dataset={"name": "synthetic_regression"}))
     assert job.loss == "mse"
-    assert builtin_shape(job.dataset).task == "regression"
+    assert job.dataset.shape().task == "regression"
 
 
 def test_documented_examples_are_valid():
@@ -63,7 +67,9 @@ def test_lr_bounds_are_ordered():
 def test_optimizer_params_checked_against_torch():
     message = errors_of(spec(optimizer={"name": "adam", "params": {"momentum": 0.9}}))
     assert "adam does not take momentum" in message and "betas" in message
-    assert "Invalid momentum value" in errors_of(spec(optimizer={"name": "sgd", "params": {"momentum": -1}}))
+    assert "momentum must be a finite number ≥ 0, got -1" in errors_of(
+        spec(optimizer={"name": "sgd", "params": {"momentum": -1}})
+    )
     assert "sgd does not take lr" in errors_of(spec(optimizer={"name": "sgd", "params": {"lr": 0.1}}))
     ok = JobSpec.model_validate(spec(optimizer={"name": "adamw", "params": {"betas": [0.9, 0.95]}}))
     assert ok.optimizer.params["betas"] == [0.9, 0.95]
@@ -98,3 +104,58 @@ def test_operator_limits_name_the_field_and_the_setting():
     fields = [e["field"] for e in info.value.extra["errors"]]
     assert fields == ["lr_range.num_steps", "batch_sizes.1"]
     assert "LRBS_MAX_LR_STEPS" in info.value.detail
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"maximize": "yes"}, "maximize must be true or false"),
+        ({"foreach": 1}, "foreach must be true, false or null"),
+        ({"momentum": "0.9"}, "momentum must be a finite number"),
+        ({"nesterov": True}, "nesterov needs momentum > 0 and dampening 0"),
+        ({"nesterov": True, "momentum": 0.9, "dampening": 0.1}, "nesterov needs momentum > 0 and dampening 0"),
+    ],
+)
+def test_sgd_params_are_type_checked_without_torch(params, expected):
+    assert expected in errors_of(spec(optimizer={"name": "sgd", "params": params}))
+
+
+@pytest.mark.parametrize("betas", [[0.9], [0.9, 1.0], [-0.1, 0.9], "0.9,0.99"])
+def test_adam_betas_must_be_two_numbers_in_the_unit_interval(betas):
+    assert "betas must be two numbers in [0, 1)" in errors_of(
+        spec(optimizer={"name": "adam", "params": {"betas": betas}})
+    )
+
+
+def test_the_optimizer_table_matches_the_installed_torch():
+    """optimizer_keywords.json is derived from torch; regenerate it with `python -m lrbs.contract.optimizers`."""
+    from lrbs.contract import optimizers
+
+    stored = json.loads(optimizers.TABLE_FILE.read_text())["optimizers"]
+    assert stored == optimizers._derive_table()
+
+
+def test_every_accepted_optimizer_spec_builds_in_torch():
+    """What the contract accepts without torch, torch accepts too (so the worker never refuses it)."""
+    import torch
+
+    from lrbs.contract.optimizers import OPTIMIZER_CLASSES
+
+    cases = {
+        "sgd": {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-4, "maximize": False, "foreach": None},
+        "adam": {"betas": [0.8, 0.99], "eps": 1e-6, "amsgrad": True},
+        "adamw": {"betas": [0.9, 0.95], "weight_decay": 0.1},
+        "rmsprop": {"alpha": 0.9, "momentum": 0.5, "centered": True},
+        "adagrad": {"lr_decay": 0.01, "initial_accumulator_value": 0.1},
+    }
+    for name, params in cases.items():
+        job = JobSpec.model_validate(spec(optimizer={"name": name, "params": params}))
+        cls = getattr(torch.optim, OPTIMIZER_CLASSES[name])
+        cls([torch.nn.Parameter(torch.zeros(1))], lr=1e-3, **job.optimizer.params)
+
+
+def test_the_contract_and_the_service_import_without_torch():
+    """The first request must not wait for torch: neither the contract nor the app loads it."""
+    code = "import sys, lrbs.contract.job_spec, lrbs.contract.results, lrbs.service.app; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

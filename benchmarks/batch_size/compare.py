@@ -30,7 +30,7 @@ def main() -> None:
     for task in TASKS:
         sizes = [b for b in SETUPS[task.name].batch_sizes]
         empirical = {f: critical_batch(task.name, f) for f in FRACTIONS}
-        runs = [advise(task.job("constant", seed=seed, train_steps=task.steps, batch_sizes=sizes)).batch_size
+        runs = [advise(task.job("constant", seed=seed, train_steps=task.steps, batch_sizes=sizes)).batch_advice
                 for seed in SEEDS]
         b_noise = [r.noise_scale.b_noise for r in runs if r.noise_scale and r.noise_scale.b_noise]
         fit = empirical[FRACTION]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lrbs.service.spec import JobSpec
+from lrbs.contract.job_spec import JobSpec
 
 SCHEDULES = ("constant", "cosine", "one_cycle", "step", "exponential")
 

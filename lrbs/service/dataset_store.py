@@ -16,12 +16,14 @@ from typing import BinaryIO
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from lrbs.service import spec as s
+from lrbs.contract.job_spec import UploadedDataset
+from lrbs.contract.resources import JobState
+from lrbs.contract.shapes import DataShape
 from lrbs.service.errors import Conflict, NotFound, TooLarge, Unprocessable
-from lrbs.service.tables import Dataset, Job
 from lrbs.service.pagination import newest_first
 from lrbs.service.queue import utcnow
 from lrbs.service.settings import Settings
+from lrbs.service.tables import DatasetRow, JobRow
 from lrbs.service.uploads import UploadError, detect_format, parse_upload, write_canonical
 
 CHUNK = 1 << 20
@@ -58,7 +60,7 @@ def too_large(settings: Settings) -> str:
 
 
 def prepare(path: Path, filename: str, sha256: str, size: int, target_column: str | None,
-            settings: Settings) -> Dataset:
+            settings: Settings) -> DatasetRow:
     """Parse and validate the received file and write its canonical .npz; the row is not stored yet."""
     try:
         fmt = detect_format(filename)
@@ -71,7 +73,7 @@ def prepare(path: Path, filename: str, sha256: str, size: int, target_column: st
     staging = blob.with_suffix(".tmp")
     write_canonical(parsed, staging)
     os.replace(staging, blob)  # atomic: a worker never reads half a file
-    return Dataset(
+    return DatasetRow(
         id=sha256[:32], sha256=sha256, data_sha256=file_sha256(blob), filename=filename[:300], format=fmt,
         target_column=target_column if fmt != "npz" else None, size_bytes=size, shapes=parsed.shapes,
         dtypes=parsed.dtypes, shape=parsed.shape.model_dump(mode="json"), created_at=utcnow(),
@@ -86,30 +88,30 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def existing(session: Session, sha256: str, target_column: str | None) -> Dataset | None:
+def existing(session: Session, sha256: str, target_column: str | None) -> DatasetRow | None:
     """The same bytes give the same dataset; with another target column they would not, so say so."""
-    found = session.scalars(select(Dataset).where(Dataset.sha256 == sha256)).first()
+    found = session.scalars(select(DatasetRow).where(DatasetRow.sha256 == sha256)).first()
     if found is not None and found.format != "npz" and found.target_column != target_column:
         raise Conflict(f"these bytes were uploaded before as dataset {found.id} with target_column "
                        f"{found.target_column!r}; delete it first to use target_column {target_column!r}")
     return found
 
 
-def get(session: Session, dataset_id: str) -> Dataset:
-    found = session.get(Dataset, dataset_id)
+def get(session: Session, dataset_id: str) -> DatasetRow:
+    found = session.get(DatasetRow, dataset_id)
     if found is None:
         raise NotFound(f"no uploaded dataset {dataset_id!r}; upload one with POST /v1/datasets")
     return found
 
 
-def list_datasets(session: Session, page_size: int, page_token: str | None) -> tuple[list[Dataset], str | None]:
-    return newest_first(session, select(Dataset), Dataset, page_size, page_token)
+def list_datasets(session: Session, page_size: int, page_token: str | None) -> tuple[list[DatasetRow], str | None]:
+    return newest_first(session, select(DatasetRow), DatasetRow, page_size, page_token)
 
 
 def delete(session: Session, dataset_id: str, settings: Settings) -> None:
     dataset = get(session, dataset_id)
     in_use = session.scalar(
-        select(func.count()).where(Job.dataset_id == dataset_id, Job.state.in_(("queued", "running")))
+        select(func.count()).where(JobRow.dataset_id == dataset_id, JobRow.state.in_((JobState.queued, JobState.running)))
     )
     if in_use:
         raise Conflict(f"dataset {dataset_id} is used by {in_use} queued or running job(s); "
@@ -119,9 +121,9 @@ def delete(session: Session, dataset_id: str, settings: Settings) -> None:
     blob_path(settings, dataset.sha256).unlink(missing_ok=True)
 
 
-def shape_for_job(session: Session, dataset: s.UploadedDataset) -> tuple[Dataset, s.DataShape]:
+def shape_for_job(session: Session, dataset: UploadedDataset) -> tuple[DatasetRow, DataShape]:
     try:
         row = get(session, dataset.id)
     except NotFound as exc:
         raise Unprocessable(exc.detail, errors=[{"field": "dataset.id", "message": exc.detail}]) from None
-    return row, s.DataShape.model_validate(row.shape)
+    return row, DataShape.model_validate(row.shape)

@@ -1,8 +1,8 @@
 """Operator limits on what one job may ask for (settings), checked on top of the spec's own validation."""
 
+from lrbs.contract.job_spec import AutoBatchSizes, JobSpec
 from lrbs.service.errors import Unprocessable
 from lrbs.service.settings import Settings
-from lrbs.service.spec import AutoBatchSizes, JobSpec
 
 
 def check_limits(spec: JobSpec, settings: Settings) -> None:

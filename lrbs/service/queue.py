@@ -17,12 +17,14 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from lrbs.service import spec as s
+from lrbs.contract.job_spec import JobSpec
+from lrbs.contract.resources import JobErrorDetail, JobState, Progress
+from lrbs.contract.results import Result
 from lrbs.service.db import epoch_now
 from lrbs.service.errors import Conflict, LeaseLost, NotFound
-from lrbs.service.tables import Job
 from lrbs.service.pagination import newest_first
 from lrbs.service.settings import Settings
+from lrbs.service.tables import JobRow
 
 
 def utcnow() -> datetime:
@@ -36,17 +38,17 @@ def new_job_id() -> str:
 
 def progress(phase: str, step: int = 0, total: int = 0) -> dict:
     fraction = min(1.0, step / total) if total else 0.0
-    return s.Progress(phase=phase, step=step, total=total, fraction=fraction).model_dump()
+    return Progress(phase=phase, step=step, total=total, fraction=fraction).model_dump()
 
 
 # --------------------------------------------------------------------------------------- user actions
 
 
-def submit(session: Session, spec: s.JobSpec, settings: Settings, dataset_id: str | None = None) -> Job:
+def submit(session: Session, spec: JobSpec, settings: Settings, dataset_id: str | None = None) -> JobRow:
     now = utcnow()
-    job = Job(
+    job = JobRow(
         id=new_job_id(),
-        state="queued",
+        state=JobState.queued,
         spec=spec.model_dump(mode="json"),
         progress=progress("queued"),
         created_at=now,
@@ -61,84 +63,84 @@ def submit(session: Session, spec: s.JobSpec, settings: Settings, dataset_id: st
     return job
 
 
-def get(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
+def get(session: Session, job_id: str) -> JobRow:
+    job = session.get(JobRow, job_id)
     if job is None:
         raise NotFound(f"no job {job_id!r}")
     return job
 
 
-def cancel(session: Session, job_id: str) -> Job:
+def cancel(session: Session, job_id: str) -> JobRow:
     """A queued job is cancelled at once; a running one is flagged and stops at its next step."""
     now = utcnow()
     done = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == "queued")
-        .values(state="cancelled", finished_at=now, updated_at=now, cancel_requested=True,
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.state == JobState.queued)
+        .values(state=JobState.cancelled, finished_at=now, updated_at=now, cancel_requested=True,
                 progress=progress("cancelled"))
         .execution_options(synchronize_session=False)
     ).rowcount
     if not done:
         session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == "running")
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.state == JobState.running)
             .values(cancel_requested=True, updated_at=now)
             .execution_options(synchronize_session=False)
         )
     job = get(session, job_id)
     session.refresh(job)
-    if job.state in ("succeeded", "failed"):
+    if job.state in (JobState.succeeded, JobState.failed):
         raise Conflict(f"job {job_id} already ended {job.state}; only queued or running jobs can be cancelled")
     return job
 
 
 def list_jobs(
     session: Session, state: str | None, page_size: int, page_token: str | None
-) -> tuple[list[Job], str | None]:
-    query = select(Job)
+) -> tuple[list[JobRow], str | None]:
+    query = select(JobRow)
     if state is not None:
-        query = query.where(Job.state == state)
-    return newest_first(session, query, Job, page_size, page_token)
+        query = query.where(JobRow.state == state)
+    return newest_first(session, query, JobRow, page_size, page_token)
 
 
 # ------------------------------------------------------------------------------------- worker actions
 
 
-def claim(session: Session, worker_id: str, settings: Settings) -> Job | None:
+def claim(session: Session, worker_id: str, settings: Settings) -> JobRow | None:
     """Take the oldest queued job in one statement: exactly one claimer wins each job.
 
     PostgreSQL skips rows another transaction has locked (FOR UPDATE SKIP LOCKED); SQLite ignores the
     lock clause and serialises writers instead (BEGIN IMMEDIATE, see db.py).
     """
     oldest = (
-        select(Job.id)
-        .where(Job.state == "queued")
-        .order_by(Job.created_at, Job.id)
+        select(JobRow.id)
+        .where(JobRow.state == JobState.queued)
+        .order_by(JobRow.created_at, JobRow.id)
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
     now = utcnow()
     return session.scalars(
-        update(Job)
-        .where(Job.id == oldest, Job.state == "queued")
+        update(JobRow)
+        .where(JobRow.id == oldest, JobRow.state == JobState.queued)
         .values(
-            state="running",
+            state=JobState.running,
             lease_token=secrets.token_urlsafe(24),
             lease_expires_at=epoch_now() + settings.lease_seconds,
-            attempts=Job.attempts + 1,
+            attempts=JobRow.attempts + 1,
             worker_id=worker_id,
             started_at=now,
             updated_at=now,
             progress=progress("setup"),
         )
-        .returning(Job)
+        .returning(JobRow)
         .execution_options(synchronize_session=False)
     ).first()
 
 
 def _running(job_id: str, lease_token: str):
-    return (Job.id == job_id, Job.lease_token == lease_token, Job.state == "running")
+    return (JobRow.id == job_id, JobRow.lease_token == lease_token, JobRow.state == JobState.running)
 
 
 def _lease_lost(session: Session, job_id: str) -> LeaseLost:
@@ -150,17 +152,17 @@ def _lease_lost(session: Session, job_id: str) -> LeaseLost:
 
 
 def heartbeat(
-    session: Session, job_id: str, lease_token: str, prog: s.Progress | None, settings: Settings
+    session: Session, job_id: str, lease_token: str, prog: Progress | None, settings: Settings
 ) -> bool:
     """Extend the lease and record progress; returns whether the user asked to cancel."""
     values: dict = {"lease_expires_at": epoch_now() + settings.lease_seconds, "updated_at": utcnow()}
     if prog is not None:
         values["progress"] = prog.model_dump()
     row = session.execute(
-        update(Job)
+        update(JobRow)
         .where(*_running(job_id, lease_token))
         .values(**values)
-        .returning(Job.cancel_requested)
+        .returning(JobRow.cancel_requested)
         .execution_options(synchronize_session=False)
     ).first()
     if row is None:
@@ -172,7 +174,7 @@ def _finish(session: Session, job_id: str, lease_token: str, state: str, **value
     now = utcnow()
     return bool(
         session.execute(
-            update(Job)
+            update(JobRow)
             .where(*_running(job_id, lease_token))
             .values(state=state, finished_at=now, updated_at=now, lease_expires_at=None, **values)
             .execution_options(synchronize_session=False)
@@ -180,25 +182,25 @@ def _finish(session: Session, job_id: str, lease_token: str, state: str, **value
     )
 
 
-def complete(session: Session, job_id: str, lease_token: str, result: s.Result) -> None:
+def complete(session: Session, job_id: str, lease_token: str, result: Result) -> None:
     """Store the result. Repeating the call with the same lease is a no-op (at-least-once delivery)."""
     payload = result.model_dump(mode="json")
     steps = result.steps_run
     done = progress("done", steps, steps)
-    if _finish(session, job_id, lease_token, "succeeded", result=payload, progress=done, error=None):
+    if _finish(session, job_id, lease_token, JobState.succeeded, result=payload, progress=done, error=None):
         return
     job = get(session, job_id)
-    if not (job.state == "succeeded" and job.lease_token == lease_token):
+    if not (job.state == JobState.succeeded and job.lease_token == lease_token):
         raise _lease_lost(session, job_id)
 
 
-def fail(session: Session, job_id: str, lease_token: str, message: str, retryable: bool) -> Job:
+def fail(session: Session, job_id: str, lease_token: str, message: str, retryable: bool) -> JobRow:
     job = session.scalars(
-        select(Job).where(*_running(job_id, lease_token)).with_for_update()
+        select(JobRow).where(*_running(job_id, lease_token)).with_for_update()
     ).first()
     if job is None:
         job = get(session, job_id)
-        if job.state in ("failed", "queued", "cancelled") and job.lease_token == lease_token:
+        if job.state in (JobState.failed, JobState.queued, JobState.cancelled) and job.lease_token == lease_token:
             return job  # a repeated report of the same failure
         raise _lease_lost(session, job_id)
     _end_attempt(job, message, retryable)
@@ -207,18 +209,18 @@ def fail(session: Session, job_id: str, lease_token: str, message: str, retryabl
 
 def mark_cancelled(session: Session, job_id: str, lease_token: str) -> None:
     """The worker stopped the job because the user asked to."""
-    if _finish(session, job_id, lease_token, "cancelled", progress=progress("cancelled")):
+    if _finish(session, job_id, lease_token, JobState.cancelled, progress=progress("cancelled")):
         return
     job = get(session, job_id)
-    if not (job.state == "cancelled" and job.lease_token == lease_token):
+    if not (job.state == JobState.cancelled and job.lease_token == lease_token):
         raise _lease_lost(session, job_id)
 
 
 def reap(session: Session) -> int:
     """Requeue (or fail, with no attempts left) running jobs whose worker stopped heartbeating."""
     expired = session.scalars(
-        select(Job)
-        .where(Job.state == "running", Job.lease_expires_at < epoch_now())
+        select(JobRow)
+        .where(JobRow.state == JobState.running, JobRow.lease_expires_at < epoch_now())
         .with_for_update(skip_locked=True)
     ).all()
     for job in expired:
@@ -230,15 +232,15 @@ def reap(session: Session) -> int:
     return len(expired)
 
 
-def _end_attempt(job: Job, message: str, retryable: bool) -> None:
+def _end_attempt(job: JobRow, message: str, retryable: bool) -> None:
     """The one place that decides where a running job goes when its attempt ends without a result."""
     now = utcnow()
-    job.error = s.JobError(message=message, attempt=job.attempts).model_dump()
+    job.error = JobErrorDetail(message=message, attempt=job.attempts).model_dump()
     job.lease_expires_at = None
     job.updated_at = now
     if job.cancel_requested:
-        job.state, job.finished_at, job.progress = "cancelled", now, progress("cancelled")
+        job.state, job.finished_at, job.progress = JobState.cancelled, now, progress("cancelled")
     elif retryable and job.attempts < job.max_attempts:
-        job.state, job.progress = "queued", progress("queued")
+        job.state, job.progress = JobState.queued, progress("queued")
     else:
-        job.state, job.finished_at = "failed", now
+        job.state, job.finished_at = JobState.failed, now

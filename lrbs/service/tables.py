@@ -36,7 +36,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Job(Base):
+class JobRow(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -65,7 +65,7 @@ class Job(Base):
     )
 
 
-class Dataset(Base):
+class DatasetRow(Base):
     """An uploaded dataset. Its id derives from the sha256 of the uploaded bytes: same bytes, same id."""
 
     __tablename__ = "datasets"
@@ -85,7 +85,7 @@ class Dataset(Base):
     __table_args__ = (Index("ix_datasets_created", "created_at", "id"),)
 
 
-class Worker(Base):
+class WorkerRow(Base):
     """A worker that has connected: what it can run, and when it was last heard from."""
 
     __tablename__ = "workers"

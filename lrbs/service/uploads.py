@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from lrbs.service.spec import DataShape, infer_shape
+from lrbs.contract.shapes import DataShape, infer_shape
 
 FORMATS = ("npz", "csv", "parquet")
 EXTENSIONS = {".npz": "npz", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}

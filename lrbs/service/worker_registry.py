@@ -7,18 +7,18 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lrbs.service import spec as s
-from lrbs.service.tables import Job, Worker
+from lrbs.contract.resources import JobState, WorkerInfo, WorkerOut
 from lrbs.service.queue import utcnow
 from lrbs.service.settings import Settings
+from lrbs.service.tables import JobRow, WorkerRow
 
 
-def seen(session: Session, worker_id: str, info: s.WorkerInfo | None = None) -> None:
+def seen(session: Session, worker_id: str, info: WorkerInfo | None = None) -> None:
     """Record that a worker called in (registering it on first sight)."""
     now = utcnow()
-    worker = session.get(Worker, worker_id)
+    worker = session.get(WorkerRow, worker_id)
     if worker is None:
-        worker = Worker(id=worker_id, first_seen_at=now, last_seen_at=now)
+        worker = WorkerRow(id=worker_id, first_seen_at=now, last_seen_at=now)
         session.add(worker)
     worker.last_seen_at = now
     if info is not None:
@@ -26,12 +26,12 @@ def seen(session: Session, worker_id: str, info: s.WorkerInfo | None = None) -> 
     session.flush()
 
 
-def list_workers(session: Session, settings: Settings) -> list[s.WorkerOut]:
+def list_workers(session: Session, settings: Settings) -> list[WorkerOut]:
     cutoff = utcnow() - timedelta(seconds=settings.worker_online_seconds)
-    running = dict(session.execute(select(Job.worker_id, Job.id).where(Job.state == "running")).all())
-    rows = session.scalars(select(Worker).order_by(Worker.last_seen_at.desc())).all()
+    running = dict(session.execute(select(JobRow.worker_id, JobRow.id).where(JobRow.state == JobState.running)).all())
+    rows = session.scalars(select(WorkerRow).order_by(WorkerRow.last_seen_at.desc())).all()
     return [
-        s.WorkerOut(
+        WorkerOut(
             id=w.id, online=w.last_seen_at >= cutoff, running_job_id=running.get(w.id), info=w.info,
             first_seen_at=w.first_seen_at, last_seen_at=w.last_seen_at,
         )

@@ -13,7 +13,10 @@ import numpy as np
 import torch
 
 import lrbs
-from lrbs.service import spec as s
+from lrbs.contract.job_spec import JobSpec
+from lrbs.contract.optimizers import OPTIMIZER_CLASSES, OptimizerSpec
+from lrbs.contract.resources import Progress
+from lrbs.contract.results import Candidate, Curve, Environment, Recommendation, Result, SuggestionOut
 from lrbs.worker import registry, suggest
 from lrbs.worker.batch_advice import MEMORY_HEADROOM, advise_batch_size
 from lrbs.worker.errors import JobError
@@ -22,7 +25,7 @@ from lrbs.worker.probes.lr_range import RangeResult, lr_range_test, lr_schedule
 from lrbs.worker.probes.train import train
 from lrbs.worker.schedules import DEFAULT_TRAIN_STEPS, schedule_params, snippet
 
-ProgressFn = Callable[[s.Progress], None]
+ProgressFn = Callable[[Progress], None]
 
 SWEEPS = {"quick": 1, "standard": 3, "thorough": 3}  # range tests per job, by lr_range.thoroughness
 CONFIRM_MAX_STEPS = 1000  # thorough: longest confirmation run
@@ -31,14 +34,14 @@ SPIKE_RATIO = 1.5  # a raw loss this far above its smoothed value is a spike
 WARMUP_SHARE = 0.05
 
 
-def advise(spec: s.JobSpec, on_progress: ProgressFn | None = None, *, policy: PluginPolicy | None = None,
-           fetch_upload: Callable[[str], Path] | None = None, memory_headroom: float = MEMORY_HEADROOM) -> s.Result:
+def advise(spec: JobSpec, on_progress: ProgressFn | None = None, *, policy: PluginPolicy | None = None,
+           fetch_upload: Callable[[str], Path] | None = None, memory_headroom: float = MEMORY_HEADROOM) -> Result:
     """Run the job. `policy` says which plugin modules may be imported; `fetch_upload` turns an uploaded
     dataset's id into a local .npz path (the runner downloads and caches it); `memory_headroom` is the share
     of memory the batch-size advice keeps free."""
     started = time.perf_counter()
     report = on_progress or (lambda _p: None)
-    report(s.Progress(phase="setup"))
+    report(Progress(phase="setup"))
     policy = policy or PluginPolicy()
 
     device = registry.resolve_device(spec.device)
@@ -62,7 +65,7 @@ def advise(spec: s.JobSpec, on_progress: ProgressFn | None = None, *, policy: Pl
 
         def range_progress(step: int, _total: int, done: int = done) -> None:
             at = done + step
-            report(s.Progress(phase="lr_range", step=at, total=total, fraction=min(1.0, at / total)))
+            report(Progress(phase="lr_range", step=at, total=total, fraction=min(1.0, at / total)))
 
         curves.append(lr_range_test(
             model, loss_fn, optimizer, data.batches(rng.batch_size, seed),
@@ -84,17 +87,17 @@ def advise(spec: s.JobSpec, on_progress: ProgressFn | None = None, *, policy: Pl
     if spec.batch_sizes is not None:
         batch_advice = advise_batch_size(spec, data, loss_fn, device, policy, choice.lr, report,
                                          headroom=memory_headroom)
-    return s.Result(
-        curve=s.Curve(lr=curve.lrs, loss=curve.losses, smoothed_loss=curve.smoothed),
-        suggestions={name: s.SuggestionOut(lr=g.lr, reason=g.reason) for name, g in suggestions.items()},
+    return Result(
+        curve=Curve(lr=curve.lrs, loss=curve.losses, smoothed_loss=curve.smoothed),
+        suggestions={name: SuggestionOut(lr=g.lr, reason=g.reason) for name, g in suggestions.items()},
         recommendation=recommendation(choice, spec, min(rng.batch_size, data.n_train), curve, train_steps,
                                       confirmation),
         stop_reason=curve.stop_reason,
         diverged_at_lr=stop_lr(curve, spec),
         steps_run=sum(c.steps_run for c in curves),
         sweeps=sweeps,
-        batch_size=batch_advice,
-        environment=s.Environment(
+        batch_advice=batch_advice,
+        environment=Environment(
             device=str(device), torch=torch.__version__, python=platform.python_version(),
             lrbs=lrbs.__version__,
         ),
@@ -124,7 +127,7 @@ def median_curve(curves: list[RangeResult]) -> RangeResult:
     )
 
 
-def confirm(choice: suggest.Choice, spec: s.JobSpec, data: registry.TrainData, loss_fn, device: torch.device,
+def confirm(choice: suggest.Choice, spec: JobSpec, data: registry.TrainData, loss_fn, device: torch.device,
             policy: PluginPolicy, train_steps: int, report: ProgressFn):
     """Short real trainings at the suggestion and at both ends of its safe range; the best validation loss wins.
 
@@ -132,20 +135,20 @@ def confirm(choice: suggest.Choice, spec: s.JobSpec, data: registry.TrainData, l
     safe range keeps one noisy short run from pulling the LR far off."""
     steps = min(train_steps, CONFIRM_MAX_STEPS)
     candidates = [choice.lr_low or choice.lr / 2, choice.lr, choice.lr_high or choice.lr * 2]
-    scored: list[s.Candidate] = []
+    scored: list[Candidate] = []
     for i, lr in enumerate(candidates):
         model, optimizer = registry.fresh(spec, data.shape, device, policy, lr, spec.seed)
 
         def progress(step: int, total: int, i: int = i) -> None:
             done = i * total + step
-            report(s.Progress(phase="confirm", step=done, total=len(candidates) * total,
+            report(Progress(phase="confirm", step=done, total=len(candidates) * total,
                               fraction=done / (len(candidates) * total)))
 
         batches = data.batches(spec.lr_range.batch_size, spec.seed)
         params = schedule_params(spec.schedule, lr, steps)
         loss = train(model, loss_fn, optimizer, batches, data.val_batches(256), schedule=spec.schedule,
                      schedule_params=params, steps=steps, on_progress=progress)
-        scored.append(s.Candidate(lr=lr, val_loss=loss if math.isfinite(loss) else None))
+        scored.append(Candidate(lr=lr, val_loss=loss if math.isfinite(loss) else None))
     finite = [c for c in scored if c.val_loss is not None]
     if not finite:
         return choice, scored
@@ -156,7 +159,7 @@ def confirm(choice: suggest.Choice, spec: s.JobSpec, data: registry.TrainData, l
     return replace(choice, lr=best.lr, rule=f"{choice.rule}+confirm", reason=reason), scored
 
 
-def warmup_advice(spec: s.JobSpec, curve: RangeResult, choice: suggest.Choice, train_steps: int) -> tuple[int, str]:
+def warmup_advice(spec: JobSpec, curve: RangeResult, choice: suggest.Choice, train_steps: int) -> tuple[int, str]:
     """A linear warm-up over 5% of training when the sweep was unstable early or the optimizer is Adam-family."""
     if spec.schedule == "one_cycle":
         return 0, "none needed: one_cycle starts at max_lr / div_factor and ramps up over pct_start of training"
@@ -175,8 +178,8 @@ def warmup_advice(spec: s.JobSpec, curve: RangeResult, choice: suggest.Choice, t
     return steps, f"warm up linearly over {steps} steps ({WARMUP_SHARE:.0%} of training): " + "; ".join(reasons)
 
 
-def recommendation(choice: suggest.Choice, spec: s.JobSpec, batch_size: int, curve: RangeResult, train_steps: int,
-                   confirmation: list[s.Candidate] | None = None) -> s.Recommendation | None:
+def recommendation(choice: suggest.Choice, spec: JobSpec, batch_size: int, curve: RangeResult, train_steps: int,
+                   confirmation: list[Candidate] | None = None) -> Recommendation | None:
     """Express the chosen LR in the terms of the schedule the user declared, with every parameter."""
     if choice.lr is None:
         return None
@@ -185,12 +188,12 @@ def recommendation(choice: suggest.Choice, spec: s.JobSpec, batch_size: int, cur
     extra = {}
     if spec.schedule == "one_cycle":
         extra = {"max_lr": choice.lr, "div_factor": params["div_factor"], "base_lr": params["initial_lr"]}
-    if isinstance(spec.optimizer, s.OptimizerSpec):
-        code = snippet(spec.schedule, params, s.OPTIMIZER_CLASSES[spec.optimizer.name], spec.optimizer.params)
+    if isinstance(spec.optimizer, OptimizerSpec):
+        code = snippet(spec.schedule, params, OPTIMIZER_CLASSES[spec.optimizer.name], spec.optimizer.params)
     else:
         code = snippet(spec.schedule, params, "YourOptimizer", spec.optimizer.params).replace(
             "torch.optim.YourOptimizer", spec.optimizer.name.replace(":", "."))
-    return s.Recommendation(
+    return Recommendation(
         schedule=spec.schedule, lr=choice.lr, lr_low=choice.lr_low or choice.lr, lr_high=choice.lr_high or choice.lr,
         confidence=choice.confidence, train_steps=train_steps, schedule_params=params, warmup_steps=warmup,
         warmup_reason=warmup_reason, snippet=code, batch_size=batch_size,
@@ -200,7 +203,7 @@ def recommendation(choice: suggest.Choice, spec: s.JobSpec, batch_size: int, cur
     )
 
 
-def stop_lr(curve: RangeResult, spec: s.JobSpec) -> float | None:
+def stop_lr(curve: RangeResult, spec: JobSpec) -> float | None:
     if curve.stopped_at is None:
         return None
     rng = spec.lr_range

@@ -12,7 +12,9 @@ from collections.abc import Callable
 
 import torch
 
-from lrbs.service import spec as s
+from lrbs.contract.job_spec import AutoBatchSizes, JobSpec
+from lrbs.contract.resources import Progress
+from lrbs.contract.results import BatchCandidate, BatchSizeAdvice, NoiseScaleOut
 from lrbs.worker import registry, suggest
 from lrbs.worker.errors import JobError
 from lrbs.worker.plugins import PluginPolicy
@@ -30,17 +32,17 @@ ADAPTIVE = ("adam", "adamw", "rmsprop", "adagrad")
 MB = 2**20
 
 
-def candidates_for(spec: s.JobSpec, n_train: int) -> list[int]:
-    sizes = spec.batch_sizes.sizes() if isinstance(spec.batch_sizes, s.AutoBatchSizes) else list(spec.batch_sizes)
+def candidates_for(spec: JobSpec, n_train: int) -> list[int]:
+    sizes = spec.batch_sizes.sizes() if isinstance(spec.batch_sizes, AutoBatchSizes) else list(spec.batch_sizes)
     usable = [b for b in sizes if b <= n_train]
     if not usable:
         raise JobError(f"every candidate batch size is larger than the {n_train} training samples")
     return usable
 
 
-def advise_batch_size(spec: s.JobSpec, data: registry.TrainData, loss_fn, device: torch.device,
-                      policy: PluginPolicy, base_lr: float | None, report: Callable[[s.Progress], None],
-                      headroom: float = MEMORY_HEADROOM) -> s.BatchSizeAdvice:
+def advise_batch_size(spec: JobSpec, data: registry.TrainData, loss_fn, device: torch.device,
+                      policy: PluginPolicy, base_lr: float | None, report: Callable[[Progress], None],
+                      headroom: float = MEMORY_HEADROOM) -> BatchSizeAdvice:
     sizes = candidates_for(spec, data.n_train)
     lr0 = base_lr or 1e-3
     b0 = spec.lr_range.batch_size
@@ -53,7 +55,7 @@ def advise_batch_size(spec: s.JobSpec, data: registry.TrainData, loss_fn, device
 
     probes = []
     for i, size in enumerate(sizes):
-        report(s.Progress(phase="batch_size", step=i, total=len(sizes), fraction=i / len(sizes)))
+        report(Progress(phase="batch_size", step=i, total=len(sizes), fraction=i / len(sizes)))
         probes.append(bs.probe(make, loss_fn, batch, size, device))
     budget = bs.memory_budget(device, spec.memory_budget_gb)
     fit = bs.memory_fit(probes)
@@ -79,7 +81,7 @@ def advise_batch_size(spec: s.JobSpec, data: registry.TrainData, loss_fn, device
         chosen, weighed = weigh_generalization(chosen, times, val_losses)
 
     candidates = [
-        s.BatchCandidate(
+        BatchCandidate(
             batch_size=p.batch_size, fits=fits[p.batch_size],
             peak_memory_mb=p.peak_bytes / MB if p.peak_bytes is not None else None,
             step_time_s=p.step_time_s, samples_per_s=p.samples_per_s, lr=lrs.get(p.batch_size),
@@ -90,7 +92,7 @@ def advise_batch_size(spec: s.JobSpec, data: registry.TrainData, loss_fn, device
         for p in probes
     ]
     accumulation = math.ceil(spec.target_effective_batch / chosen) if spec.target_effective_batch else None
-    return s.BatchSizeAdvice(
+    return BatchSizeAdvice(
         batch_size=chosen, lr=lrs.get(chosen), lr_scaling=scaling, largest_fitting=largest,
         largest_fitting_verified=verified,
         memory_fit_mb=(fit[0] / MB, fit[1] / MB) if fit else None, headroom=headroom,
@@ -110,7 +112,7 @@ def check_epochs(sizes: list[int], n_train: int) -> int:
 
 def equal_epoch_loss(spec, data, loss_fn, make, batch: int, lr: float | None, epochs: int, report) -> float | None:
     """Validation loss after `epochs` epochs at this batch size and its LR (constant schedule)."""
-    report(s.Progress(phase="generalization_check", step=batch, total=0))
+    report(Progress(phase="generalization_check", step=batch, total=0))
     if lr is None:
         return None
     steps = max(1, epochs * data.n_train // batch)
@@ -160,7 +162,7 @@ def _largest(fit, budget, headroom, probes, fits, make, loss_fn, batch, device, 
     return (predicted if ok else max(ran, default=None)), ok
 
 
-def lrs_for(spec: s.JobSpec, sizes: list[int], lr0: float, b0: int, data, loss_fn, device, policy):
+def lrs_for(spec: JobSpec, sizes: list[int], lr0: float, b0: int, data, loss_fn, device, policy):
     """The LR for each batch size, by spec.lr_scaling."""
     rule = "sqrt" if getattr(spec.optimizer, "name", "") in ADAPTIVE else "linear"
     scaling = spec.lr_scaling
@@ -183,7 +185,7 @@ def lrs_for(spec: s.JobSpec, sizes: list[int], lr0: float, b0: int, data, loss_f
     return by_rule(rule), f"{rule} rule (a probe found no LR)"
 
 
-def probe_lr(spec: s.JobSpec, batch: int, data, loss_fn, device, policy) -> float | None:
+def probe_lr(spec: JobSpec, batch: int, data, loss_fn, device, policy) -> float | None:
     """A quick range test (one sweep) at this batch size, read with the same rule as the job's advice."""
     rng = spec.lr_range
     model, optimizer = registry.fresh(spec, data.shape, device, policy, rng.min_lr, spec.seed)
@@ -193,12 +195,12 @@ def probe_lr(spec: s.JobSpec, batch: int, data, loss_fn, device, policy) -> floa
     return suggest.choose(suggest.suggest_all(curve.lrs, curve.smoothed, curve.losses), spec.schedule).lr
 
 
-def measure_noise(spec, data, loss_fn, make, sizes: list[int], lr: float, report) -> s.NoiseScaleOut | None:
+def measure_noise(spec, data, loss_fn, make, sizes: list[int], lr: float, report) -> NoiseScaleOut | None:
     """B_noise after NOISE_WARMUP_STEPS at the recommended LR, from the smallest and largest fitting batch."""
     small, big = sizes[0], sizes[-1]
     if big < 2 * small:
         return None  # two batch sizes too close to tell noise from signal
-    report(s.Progress(phase="noise_scale", step=0, total=NOISE_MEASUREMENTS))
+    report(Progress(phase="noise_scale", step=0, total=NOISE_MEASUREMENTS))
     model, optimizer = make(lr)
     params = schedule_params("constant", lr, NOISE_WARMUP_STEPS)
     train(model, loss_fn, optimizer, data.batches(small, spec.seed), data.val_batches(256), schedule="constant",
@@ -209,12 +211,12 @@ def measure_noise(spec, data, loss_fn, make, sizes: list[int], lr: float, report
     if found.b_simple is None:  # |G|² came out ≤ 0: the signal is small against the noise, so measure longer
         more = noise_scale.measure(model, loss_fn, big_batches, small, 2 * NOISE_MEASUREMENTS)
         found = noise_scale.estimate(small_sq + more[0], big_sq + more[1], small, b_big)
-    return s.NoiseScaleOut(b_noise=found.b_simple, low=found.low, high=found.high, measured_at_lr=lr,
+    return NoiseScaleOut(b_noise=found.b_simple, low=found.low, high=found.high, measured_at_lr=lr,
                            after_steps=NOISE_WARMUP_STEPS, batch_sizes=(small, b_big), measurements=found.measurements)
 
 
 def explain(soonest: int, chosen: int, b_noise: float | None, fitting, largest: int | None,
-            accumulation: int | None, spec: s.JobSpec, weighed: str | None) -> str:
+            accumulation: int | None, spec: JobSpec, weighed: str | None) -> str:
     fastest = max(fitting, key=lambda p: p.samples_per_s or 0)
     parts = []
     if b_noise is not None:

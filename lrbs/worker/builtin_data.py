@@ -9,7 +9,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lrbs.service import spec as s
+from lrbs.contract.builtins import (
+    BuiltinDataset,
+    Digits,
+    Iris,
+    SyntheticClassification,
+    SyntheticImages,
+    SyntheticRegression,
+    SyntheticTokens,
+)
 
 
 @dataclass
@@ -29,29 +37,29 @@ def split(x: Tensor, y: Tensor, validation_fraction: float) -> Data:
     return Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
 
 
-def builtin(dataset: s.BuiltinDataset) -> Data:
+def builtin(dataset: BuiltinDataset) -> Data:
     """Seeded data: the same spec gives the same tensors on every worker."""
     p = dataset.params
     g = torch.Generator().manual_seed(p.seed)
-    if isinstance(dataset, s.SyntheticClassification):
+    if isinstance(dataset, SyntheticClassification):
         # A random linear teacher with noisy logits: learnable, but not to zero loss.
         x = torch.randn(p.n_samples, p.n_features, generator=g)
         teacher = torch.randn(p.n_features, p.n_classes, generator=g) * (3 / math.sqrt(p.n_features))
         logits = x @ teacher + p.noise * torch.randn(p.n_samples, p.n_classes, generator=g)
         y = logits.argmax(dim=1)
-    elif isinstance(dataset, s.SyntheticRegression):
+    elif isinstance(dataset, SyntheticRegression):
         x = torch.randn(p.n_samples, p.n_features, generator=g)
         teacher = torch.randn(p.n_features, p.n_targets, generator=g) / math.sqrt(p.n_features)
         y = x @ teacher + p.noise * torch.randn(p.n_samples, p.n_targets, generator=g)
-    elif isinstance(dataset, s.SyntheticImages):
+    elif isinstance(dataset, SyntheticImages):
         # One random template per class, seen through pixel noise.
         templates = torch.randn(p.n_classes, p.channels, p.height, p.width, generator=g)
         y = torch.randint(p.n_classes, (p.n_samples,), generator=g)
         x = templates[y] + p.noise * torch.randn(p.n_samples, p.channels, p.height, p.width, generator=g)
-    elif isinstance(dataset, s.SyntheticTokens):
+    elif isinstance(dataset, SyntheticTokens):
         seq = markov_tokens(p.n_samples, p.context + 1, p.vocab_size, g)
         x, y = seq[:, :-1], seq[:, 1:]  # y is x shifted by one: the next token at every position
-    elif isinstance(dataset, s.Digits | s.Iris):
+    elif isinstance(dataset, Digits | Iris):
         x, y = sklearn_dataset(dataset.name)
         order = torch.randperm(len(x), generator=g)  # sklearn's files are sorted by class
         x, y = x[order], y[order]

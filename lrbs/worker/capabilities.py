@@ -9,21 +9,19 @@ from typing import get_args
 import torch
 
 import lrbs
-from lrbs.service import spec as s
+from lrbs.contract.builtins import BUILTIN_DATASETS, BUILTIN_MODELS, names
+from lrbs.contract.job_spec import LossName
+from lrbs.contract.optimizers import OptimizerName
+from lrbs.contract.resources import DeviceInfo, WorkerInfo
 from lrbs.worker import plugins
 from lrbs.worker.plugins import PluginPolicy
 
 
-def _names(union) -> list[str]:
-    members = get_args(get_args(union)[0])  # Annotated[A | B | ..., Field(...)] -> (A, B, ...)
-    return [get_args(m.model_fields["name"].annotation)[0] for m in members]
-
-
-def describe(policy: PluginPolicy) -> s.WorkerInfo:
-    devices = [s.DeviceInfo(name="cpu", model=platform.processor() or platform.machine())]
+def describe(policy: PluginPolicy) -> WorkerInfo:
+    devices = [DeviceInfo(name="cpu", model=platform.processor() or platform.machine())]
     for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         props = torch.cuda.get_device_properties(i)
-        devices.append(s.DeviceInfo(name=f"cuda:{i}", model=props.name, memory_gb=round(props.total_memory / 2**30, 1)))
+        devices.append(DeviceInfo(name=f"cuda:{i}", model=props.name, memory_gb=round(props.total_memory / 2**30, 1)))
     precisions = ["fp32", "bf16"]
     if torch.cuda.is_available():
         precisions = ["fp32", "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])
@@ -32,12 +30,12 @@ def describe(policy: PluginPolicy) -> s.WorkerInfo:
                      if policy.allows(target.partition(":")[0]))
         for kind in plugins.GROUPS
     }
-    return s.WorkerInfo(
+    return WorkerInfo(
         hostname=socket.gethostname(), lrbs=lrbs.__version__, torch=torch.__version__,
         python=platform.python_version(), devices=devices, precisions=precisions,
         builtins={
-            "models": _names(s.BuiltinModel), "datasets": _names(s.BuiltinDataset),
-            "losses": list(get_args(s.LossName)), "optimizers": list(get_args(s.OptimizerName)),
+            "models": names(BUILTIN_MODELS), "datasets": names(BUILTIN_DATASETS),
+            "losses": list(get_args(LossName)), "optimizers": list(get_args(OptimizerName)),
         },
         plugin_modules=list(policy.modules), plugins=allowed_plugins,
     )

@@ -17,7 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from lrbs.service import spec as s
+from lrbs.contract.builtins import CNNModel, LinearModel, MLPModel, ResNetModel, TransformerLMModel
+from lrbs.contract.common import PluginRef
+from lrbs.contract.job_spec import DatasetSpec, JobSpec, ModelSpec, PluginDataset, PluginLoss, UploadedDataset
+from lrbs.contract.optimizers import OPTIMIZER_CLASSES, OptimizerSpec, PluginOptimizer
+from lrbs.contract.shapes import DataShape, infer_shape
 from lrbs.worker import builtin_data, networks, plugins
 from lrbs.worker.errors import JobError
 from lrbs.worker.plugins import PluginPolicy
@@ -32,19 +36,19 @@ __all__ = ["JobError", "TrainData", "fresh", "load_data", "make_model", "make_lo
 class TrainData:
     """Whatever the source: the shape the model is built for, and batches on demand."""
 
-    shape: s.DataShape
+    shape: DataShape
     batches: Callable[[int, int], Iterable[tuple[Tensor, Tensor]]]  # (batch_size, seed) -> re-iterable
     n_train: int
     val_batches: Callable[[int], Iterable[tuple[Tensor, Tensor]]]  # batch_size -> every validation sample once
 
 
-def load_data(dataset: s.DatasetSpec, device: torch.device, policy: PluginPolicy,
+def load_data(dataset: DatasetSpec, device: torch.device, policy: PluginPolicy,
               fetch_upload: Callable[[str], Path] | None = None) -> TrainData:
-    if isinstance(dataset, s.UploadedDataset):
+    if isinstance(dataset, UploadedDataset):
         if fetch_upload is None:
             raise JobError("this worker cannot fetch uploaded datasets")
         return _tensors(_load_npz(fetch_upload(dataset.id), dataset.validation_fraction), device)
-    if isinstance(dataset, s.PluginDataset):
+    if isinstance(dataset, PluginDataset):
         factory = plugins.resolve("dataset", dataset.name, policy)
         made = plugins.call(factory, dataset.name, params=dataset.params)
         return _from_plugin(made, dataset, device)
@@ -52,7 +56,7 @@ def load_data(dataset: s.DatasetSpec, device: torch.device, policy: PluginPolicy
         data = builtin_data.builtin(dataset)
     except (ValueError, NotImplementedError, ImportError) as exc:
         raise JobError(str(exc)) from None
-    return _tensors(data, device, s.builtin_shape(dataset))
+    return _tensors(data, device, dataset.shape())
 
 
 def _load_npz(path: Path, validation_fraction: float) -> builtin_data.Data:
@@ -64,7 +68,7 @@ def _load_npz(path: Path, validation_fraction: float) -> builtin_data.Data:
     return builtin_data.split(arrays["x"], arrays["y"], validation_fraction)
 
 
-def shape_of(data: builtin_data.Data) -> s.DataShape:
+def shape_of(data: builtin_data.Data) -> DataShape:
     """The task and sizes, by the same rule the service applies to uploads (labels of both splits count)."""
     integer = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
     x_int, y_int = data.x.dtype in integer, data.y.dtype in integer
@@ -73,12 +77,12 @@ def shape_of(data: builtin_data.Data) -> s.DataShape:
         ids += [data.x, data.x_val]
     largest = max((int(t.max()) for t in ids if t.numel()), default=0)
     try:
-        return s.infer_shape(tuple(data.x.shape), x_int, tuple(data.y.shape), y_int, largest)
+        return infer_shape(tuple(data.x.shape), x_int, tuple(data.y.shape), y_int, largest)
     except ValueError as exc:
         raise JobError(str(exc)) from None
 
 
-def _tensors(data: builtin_data.Data, device: torch.device, shape: s.DataShape | None = None) -> TrainData:
+def _tensors(data: builtin_data.Data, device: torch.device, shape: DataShape | None = None) -> TrainData:
     shape = shape or shape_of(data)
 
     def typed(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -98,7 +102,7 @@ def _tensors(data: builtin_data.Data, device: torch.device, shape: s.DataShape |
     )
 
 
-def _from_plugin(made, dataset: s.PluginDataset, device: torch.device) -> TrainData:
+def _from_plugin(made, dataset: PluginDataset, device: torch.device) -> TrainData:
     if isinstance(made, tuple) and len(made) == 4:
         x, y, x_val, y_val = (torch.as_tensor(np.asarray(a)) for a in made)
         return _tensors(builtin_data.Data(x, y, x_val, y_val), device)
@@ -112,7 +116,7 @@ def _from_plugin(made, dataset: s.PluginDataset, device: torch.device) -> TrainD
         if not x0.is_floating_point() and x0.shape == y0.shape:  # token data: the vocabulary
             largest = max(largest, int(x0.max()))
         try:
-            shape = s.infer_shape((len(train), *x0.shape), not x0.is_floating_point(), (len(train), *y0.shape),
+            shape = infer_shape((len(train), *x0.shape), not x0.is_floating_point(), (len(train), *y0.shape),
                                   not y0.is_floating_point(), largest)
         except ValueError as exc:
             raise JobError(f"dataset plugin {dataset.name!r}: {exc}") from None
@@ -138,8 +142,8 @@ def _largest_label(train: Dataset, y0: Tensor) -> int:
 # ---------------------------------------------------------------------------------------------- models
 
 
-def make_model(model: s.ModelSpec, shape: s.DataShape, loss: str | None, policy: PluginPolicy) -> nn.Module:
-    if isinstance(model, s.PluginRef):
+def make_model(model: ModelSpec, shape: DataShape, loss: str | None, policy: PluginPolicy) -> nn.Module:
+    if isinstance(model, PluginRef):
         context = {"input_shape": shape.input_shape}
         context["vocab_size" if shape.task == "language_modeling" else "num_classes"] = shape.num_outputs
         net = plugins.call(plugins.resolve("model", model.name, policy), model.name, params=model.params,
@@ -149,18 +153,18 @@ def make_model(model: s.ModelSpec, shape: s.DataShape, loss: str | None, policy:
         return net
     p = model.params
     match model:
-        case s.LinearModel():
+        case LinearModel():
             net = networks.linear(p.in_features or math.prod(shape.input_shape), p.out_features or shape.num_outputs)
-        case s.MLPModel():
+        case MLPModel():
             net = networks.mlp(p.in_features or math.prod(shape.input_shape), p.out_features or shape.num_outputs,
                              p.hidden, p.activation, p.dropout, p.batch_norm)
-        case s.CNNModel():
+        case CNNModel():
             net = networks.cnn(p.in_channels or shape.input_shape[0], p.num_classes or shape.num_outputs,
                              p.channels, p.dropout)
-        case s.ResNetModel():
+        case ResNetModel():
             net = networks.resnet(p.in_channels or shape.input_shape[0], p.num_classes or shape.num_outputs,
                                 depth=p.depth, width=p.width, stages=p.stages)
-        case s.TransformerLMModel():
+        case TransformerLMModel():
             net = networks.transformer_lm(p.vocab_size or shape.num_outputs, p.context or shape.input_shape[0],
                                         layers=p.layers, d_model=p.d_model, heads=p.heads, mlp_ratio=p.mlp_ratio,
                                         dropout=p.dropout)
@@ -174,8 +178,8 @@ def make_model(model: s.ModelSpec, shape: s.DataShape, loss: str | None, policy:
 # ---------------------------------------------------------------------------------------------- losses
 
 
-def make_loss(loss: str | s.PluginLoss, policy: PluginPolicy) -> Callable[[Tensor, Tensor], Tensor]:
-    if isinstance(loss, s.PluginLoss):
+def make_loss(loss: str | PluginLoss, policy: PluginPolicy) -> Callable[[Tensor, Tensor], Tensor]:
+    if isinstance(loss, PluginLoss):
         fn = plugins.call(plugins.resolve("loss", loss.name, policy), loss.name, params=loss.params)
         if not callable(fn):
             raise JobError(f"loss plugin {loss.name!r} must return a callable (output, target) -> loss")
@@ -208,20 +212,20 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 # ----------------------------------------------------------------------------------- optimizer, device
 
 
-def make_optimizer(optimizer: s.OptimizerSpec | s.PluginOptimizer, params, lr: float,
+def make_optimizer(optimizer: OptimizerSpec | PluginOptimizer, params, lr: float,
                    policy: PluginPolicy) -> torch.optim.Optimizer:
-    if isinstance(optimizer, s.PluginOptimizer):
+    if isinstance(optimizer, PluginOptimizer):
         factory = plugins.resolve("optimizer", optimizer.name, policy)
         made = plugins.call(factory, optimizer.name, list(params), lr, params=optimizer.params)
         if not isinstance(made, torch.optim.Optimizer):
             raise JobError(f"optimizer plugin {optimizer.name!r} returned {type(made).__name__}, "
                            "not a torch.optim.Optimizer")
         return made
-    cls = getattr(torch.optim, s.OPTIMIZER_CLASSES[optimizer.name])
+    cls = getattr(torch.optim, OPTIMIZER_CLASSES[optimizer.name])
     return cls(params, lr=lr, **optimizer.params)
 
 
-def fresh(spec: s.JobSpec, shape: s.DataShape, device: torch.device, policy: PluginPolicy, lr: float,
+def fresh(spec: JobSpec, shape: DataShape, device: torch.device, policy: PluginPolicy, lr: float,
           seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
     """A newly initialised model (seeded) on `device` and its optimizer at `lr`: every probe run starts here."""
     torch.manual_seed(seed)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import httpx
 
-from lrbs.service import spec as s
+from lrbs.contract.resources import Progress
+from lrbs.contract.worker_messages import Lease
 from lrbs.worker.advise import advise
 from lrbs.worker.batch_advice import MEMORY_HEADROOM
 from lrbs.worker.capabilities import describe
@@ -97,24 +98,24 @@ class Worker:
         log.info("registered: devices %s, plugin modules allowed: %s",
                  [d.name for d in info.devices], ", ".join(self.policy.modules) or "none")
 
-    def claim(self) -> s.Lease | None:
+    def claim(self) -> Lease | None:
         r = self.http.post("/v1/worker/claim", json={"worker_id": self.worker_id,
                                                      "wait_seconds": self.wait_seconds})
         if r.status_code == 204:
             return None
         r.raise_for_status()
-        return s.Lease.model_validate(r.json())
+        return Lease.model_validate(r.json())
 
     # ------------------------------------------------------------------------------------------- job
 
-    def run(self, lease: s.Lease) -> None:
+    def run(self, lease: Lease) -> None:
         log.info("job %s: attempt %d", lease.job_id, lease.attempt)
         self.busy = True
         beat = Heartbeat(self, lease)
         beat.start()
         deadline = time.monotonic() + lease.max_run_seconds
 
-        def on_progress(p: s.Progress) -> None:
+        def on_progress(p: Progress) -> None:
             beat.progress = p
             if beat.stop is not None:
                 raise beat.stop
@@ -169,7 +170,7 @@ class Worker:
         os.replace(partial, cached)
         return cached
 
-    def _report_stop(self, lease: s.Lease, stop: Stop) -> None:
+    def _report_stop(self, lease: Lease, stop: Stop) -> None:
         log.info("job %s: stopped (%s)", lease.job_id, stop.outcome)
         if stop.outcome == "cancelled":
             self._report(lease, ":cancelled", {})
@@ -179,7 +180,7 @@ class Worker:
             self._report(lease, ":fail", {"message": stop.message, "retryable": False})
         # lease_lost: someone else owns the job now; say nothing
 
-    def _report(self, lease: s.Lease, action: str, body: dict, tries: int = 5) -> None:
+    def _report(self, lease: Lease, action: str, body: dict, tries: int = 5) -> None:
         """Reports are idempotent on the service, so a lost answer is simply sent again."""
         body = {"lease_token": lease.lease_token, **body}
         for attempt in range(tries):
@@ -201,11 +202,11 @@ class Worker:
 class Heartbeat(threading.Thread):
     """Extends the lease and sends progress; turns a cancel request or a lost lease into `stop`."""
 
-    def __init__(self, worker: Worker, lease: s.Lease) -> None:
+    def __init__(self, worker: Worker, lease: Lease) -> None:
         super().__init__(daemon=True, name=f"heartbeat-{lease.job_id}")
         self.worker, self.lease = worker, lease
         self.interval = min(HEARTBEAT_SECONDS, lease.lease_seconds / 3)
-        self.progress: s.Progress | None = None
+        self.progress: Progress | None = None
         self.stop: Stop | None = None
         self._halt = threading.Event()
 

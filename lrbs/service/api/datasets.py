@@ -5,23 +5,23 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from lrbs.contract.resources import DatasetOut, DatasetPage
 from lrbs.service import dataset_store
-from lrbs.service import spec as s
 from lrbs.service.api.deps import SessionsDep, SettingsDep
 from lrbs.service.db import transaction
-from lrbs.service.tables import Dataset
+from lrbs.service.tables import DatasetRow
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
-def to_resource(row: Dataset) -> s.DatasetOut:
-    return s.DatasetOut.model_validate(row, from_attributes=True)
+def to_resource(row: DatasetRow) -> DatasetOut:
+    return DatasetOut.model_validate(row, from_attributes=True)
 
 
 @router.post(
     "",
     status_code=201,
-    response_model=s.DatasetOut,
+    response_model=DatasetOut,
     responses={200: {"description": "These bytes were uploaded before: the same dataset."},
                413: {"description": "Larger than LRBS_MAX_UPLOAD_MB."},
                422: {"description": "Not a dataset lrbs can read; `detail` says why."}},
@@ -36,10 +36,10 @@ async def upload(
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="The dataset file.")],
     target_column: Annotated[str | None, Form(description="CSV/Parquet: the label column (default target).")] = None,
-) -> s.DatasetOut:
+) -> DatasetOut:
     filename = file.filename or "upload"
 
-    def store() -> tuple[s.DatasetOut, bool]:
+    def store() -> tuple[DatasetOut, bool]:
         path, sha256, size = dataset_store.receive(file.file, settings)
         try:
             with transaction(sessions) as session:
@@ -61,20 +61,20 @@ async def upload(
     return dataset
 
 
-@router.get("", response_model=s.DatasetPage, summary="List uploaded datasets, newest first")
+@router.get("", response_model=DatasetPage, summary="List uploaded datasets, newest first")
 def list_datasets(
     sessions: SessionsDep,
     settings: SettingsDep,
     page_size: Annotated[int, Query(ge=1, description="At most LRBS_MAX_PAGE_SIZE.")] = 50,
     page_token: Annotated[str | None, Query(description="next_page_token of the previous page.")] = None,
-) -> s.DatasetPage:
+) -> DatasetPage:
     with transaction(sessions) as session:
         rows, token = dataset_store.list_datasets(session, min(page_size, settings.max_page_size), page_token)
-        return s.DatasetPage(datasets=[to_resource(r) for r in rows], next_page_token=token)
+        return DatasetPage(datasets=[to_resource(r) for r in rows], next_page_token=token)
 
 
-@router.get("/{dataset_id}", response_model=s.DatasetOut, summary="Get a dataset's description")
-def get_dataset(dataset_id: str, sessions: SessionsDep) -> s.DatasetOut:
+@router.get("/{dataset_id}", response_model=DatasetOut, summary="Get a dataset's description")
+def get_dataset(dataset_id: str, sessions: SessionsDep) -> DatasetOut:
     with transaction(sessions) as session:
         return to_resource(dataset_store.get(session, dataset_id))
 

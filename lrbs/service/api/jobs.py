@@ -5,38 +5,39 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from lrbs.contract.job_spec import JobSpec, UploadedDataset
+from lrbs.contract.resources import Job, JobPage, JobState
 from lrbs.service import dataset_store, queue
-from lrbs.service import spec as s
 from lrbs.service.api.deps import BodyLimit, SessionsDep, SettingsDep
 from lrbs.service.db import transaction
 from lrbs.service.errors import Unprocessable
 from lrbs.service.limits import check_limits
-from lrbs.service.tables import Job
+from lrbs.service.tables import JobRow
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def to_resource(job: Job) -> s.Job:
-    return s.Job.model_validate(job, from_attributes=True)
+def to_resource(job: JobRow) -> Job:
+    return Job.model_validate(job, from_attributes=True)
 
 
 @router.post(
     "",
     status_code=202,
-    response_model=s.Job,
+    response_model=Job,
     dependencies=[BodyLimit],
     summary="Submit a job",
     description="Queues an LR range test. Answers 202 with `Location: /v1/jobs/{id}`; poll it for "
     "`state`, `progress` and, once succeeded, `result`.",
 )
-async def submit(spec: s.JobSpec, request: Request, response: Response, sessions: SessionsDep,
-                 settings: SettingsDep) -> s.Job:
+async def submit(spec: JobSpec, request: Request, response: Response, sessions: SessionsDep,
+                 settings: SettingsDep) -> Job:
     check_limits(spec, settings)
 
-    def write() -> s.Job:
+    def write() -> Job:
         with transaction(sessions) as session:
             dataset_id = None
-            if isinstance(spec.dataset, s.UploadedDataset):  # its shape is known only from the stored upload
+            if isinstance(spec.dataset, UploadedDataset):  # its shape is known only from the stored upload
                 row, shape = dataset_store.shape_for_job(session, spec.dataset)
                 try:
                     spec.resolve_for(shape)
@@ -51,33 +52,33 @@ async def submit(spec: s.JobSpec, request: Request, response: Response, sessions
     return job
 
 
-@router.get("/{job_id}", response_model=s.Job, summary="Get a job")
-def get_job(job_id: str, sessions: SessionsDep) -> s.Job:
+@router.get("/{job_id}", response_model=Job, summary="Get a job")
+def get_job(job_id: str, sessions: SessionsDep) -> Job:
     with transaction(sessions) as session:
         return to_resource(queue.get(session, job_id))
 
 
-@router.get("", response_model=s.JobPage, summary="List jobs, newest first")
+@router.get("", response_model=JobPage, summary="List jobs, newest first")
 def list_jobs(
     sessions: SessionsDep,
     settings: SettingsDep,
-    state: Annotated[s.JobState | None, Query(description="Only jobs in this state.")] = None,
+    state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
     page_size: Annotated[int, Query(ge=1, description="Jobs per page (at most LRBS_MAX_PAGE_SIZE).")] = 50,
     page_token: Annotated[str | None, Query(description="next_page_token of the previous page.")] = None,
-) -> s.JobPage:
+) -> JobPage:
     page_size = min(page_size, settings.max_page_size)
     with transaction(sessions) as session:
         jobs, token = queue.list_jobs(session, state, page_size, page_token)
-        return s.JobPage(jobs=[to_resource(j) for j in jobs], next_page_token=token)
+        return JobPage(jobs=[to_resource(j) for j in jobs], next_page_token=token)
 
 
 @router.post(
     "/{job_id}:cancel",
-    response_model=s.Job,
+    response_model=Job,
     summary="Cancel a job",
     description="A queued job ends `cancelled` at once; a running one at its next step "
     "(`cancel_requested` is true meanwhile). A job that already ended answers 409.",
 )
-def cancel(job_id: str, sessions: SessionsDep) -> s.Job:
+def cancel(job_id: str, sessions: SessionsDep) -> Job:
     with transaction(sessions) as session:
         return to_resource(queue.cancel(session, job_id))

@@ -6,8 +6,18 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
+from lrbs.contract.resources import JobState
+from lrbs.contract.worker_messages import (
+    Cancelled,
+    ClaimRequest,
+    Completion,
+    Failure,
+    Heartbeat,
+    HeartbeatReply,
+    Lease,
+    Registration,
+)
 from lrbs.service import dataset_store, queue, worker_registry
-from lrbs.service import spec as s
 from lrbs.service.api.deps import SessionsDep, SettingsDep, WorkerAuth
 from lrbs.service.db import transaction
 
@@ -19,18 +29,18 @@ RECHECK_SECONDS = 1.0
 
 @router.post(
     "/claim",
-    response_model=s.Lease,
+    response_model=Lease,
     responses={204: {"description": "No job arrived within wait_seconds."}},
     summary="Claim the oldest queued job (long-poll)",
 )
-async def claim(body: s.ClaimRequest, request: Request, sessions: SessionsDep, settings: SettingsDep):
-    def claim_once() -> s.Lease | None:
+async def claim(body: ClaimRequest, request: Request, sessions: SessionsDep, settings: SettingsDep):
+    def claim_once() -> Lease | None:
         with transaction(sessions) as session:
             job = queue.claim(session, body.worker_id, settings)
             if job is None:
                 return None
             data_sha = dataset_store.get(session, job.dataset_id).data_sha256 if job.dataset_id else None
-        return s.Lease(
+        return Lease(
             job_id=job.id, lease_token=job.lease_token, lease_seconds=settings.lease_seconds,
             attempt=job.attempts, max_run_seconds=settings.max_run_seconds, spec=job.spec,
             dataset_sha256=data_sha,
@@ -58,40 +68,40 @@ async def claim(body: s.ClaimRequest, request: Request, sessions: SessionsDep, s
         await doorbell.wait(min(remaining, RECHECK_SECONDS))
 
 
-@router.post("/jobs/{job_id}:heartbeat", response_model=s.HeartbeatReply, summary="Extend the lease")
-def heartbeat(job_id: str, body: s.Heartbeat, sessions: SessionsDep, settings: SettingsDep):
+@router.post("/jobs/{job_id}:heartbeat", response_model=HeartbeatReply, summary="Extend the lease")
+def heartbeat(job_id: str, body: Heartbeat, sessions: SessionsDep, settings: SettingsDep):
     with transaction(sessions) as session:
         cancel = queue.heartbeat(session, job_id, body.lease_token, body.progress, settings)
-    return s.HeartbeatReply(cancel_requested=cancel)
+    return HeartbeatReply(cancel_requested=cancel)
 
 
 @router.post("/jobs/{job_id}:complete", status_code=204, summary="Report the result")
-def complete(job_id: str, body: s.Completion, sessions: SessionsDep) -> Response:
+def complete(job_id: str, body: Completion, sessions: SessionsDep) -> Response:
     with transaction(sessions) as session:
         queue.complete(session, job_id, body.lease_token, body.result)
     return Response(status_code=204)
 
 
 @router.post("/jobs/{job_id}:fail", status_code=204, summary="Report a failed attempt")
-async def fail(job_id: str, body: s.Failure, request: Request, sessions: SessionsDep) -> Response:
+async def fail(job_id: str, body: Failure, request: Request, sessions: SessionsDep) -> Response:
     def write() -> str:
         with transaction(sessions) as session:
             return queue.fail(session, job_id, body.lease_token, body.message, body.retryable).state
 
-    if await run_in_threadpool(write) == "queued":
+    if await run_in_threadpool(write) == JobState.queued:
         request.app.state.doorbell.ring()
     return Response(status_code=204)
 
 
 @router.post("/jobs/{job_id}:cancelled", status_code=204, summary="Confirm a cancelled job stopped")
-def cancelled(job_id: str, body: s.Cancelled, sessions: SessionsDep) -> Response:
+def cancelled(job_id: str, body: Cancelled, sessions: SessionsDep) -> Response:
     with transaction(sessions) as session:
         queue.mark_cancelled(session, job_id, body.lease_token)
     return Response(status_code=204)
 
 
 @router.post("/register", status_code=204, summary="Say what this worker can run")
-def register(body: s.Registration, sessions: SessionsDep) -> Response:
+def register(body: Registration, sessions: SessionsDep) -> Response:
     with transaction(sessions) as session:
         worker_registry.seen(session, body.worker_id, body.info)
     return Response(status_code=204)

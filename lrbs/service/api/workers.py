@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from lrbs.service import spec as s
+from lrbs.contract.resources import WorkerList
 from lrbs.service import worker_registry
 from lrbs.service.api.deps import SessionsDep, SettingsDep
 from lrbs.service.db import transaction
@@ -10,7 +10,7 @@ from lrbs.service.db import transaction
 router = APIRouter(prefix="/v1/workers", tags=["workers"])
 
 
-@router.get("", response_model=s.WorkerList, summary="List workers, most recently seen first")
-def list_workers(sessions: SessionsDep, settings: SettingsDep) -> s.WorkerList:
+@router.get("", response_model=WorkerList, summary="List workers, most recently seen first")
+def list_workers(sessions: SessionsDep, settings: SettingsDep) -> WorkerList:
     with transaction(sessions) as session:
-        return s.WorkerList(workers=worker_registry.list_workers(session, settings))
+        return WorkerList(workers=worker_registry.list_workers(session, settings))

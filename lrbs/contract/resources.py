@@ -1,0 +1,112 @@
+"""What the API serves: jobs, uploaded datasets and workers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from lrbs.contract.common import Precision
+from lrbs.contract.job_spec import JobSpec
+from lrbs.contract.results import Result
+from lrbs.contract.shapes import DataShape
+
+
+class JobState(StrEnum):
+    """queued → running → succeeded | failed | cancelled; running → queued when a lease expires or an attempt
+    fails with attempts left. The transitions live in lrbs.service.queue."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL_STATES = (JobState.succeeded, JobState.failed, JobState.cancelled)
+
+
+class Progress(BaseModel):
+    phase: str = Field(description="What the worker is doing: queued, setup, lr_range, done.")
+    step: int = 0
+    total: int = 0
+    fraction: float = Field(0.0, ge=0, le=1)
+
+
+class JobErrorDetail(BaseModel):
+    message: str
+    attempt: int
+
+
+class Job(BaseModel):
+    id: str
+    state: JobState
+    progress: Progress
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = Field(description="How many times a worker has claimed this job.")
+    worker_id: str | None = Field(None, description="The worker that ran (or runs) the latest attempt.")
+    cancel_requested: bool = False
+    spec: JobSpec
+    result: Result | None = None
+    error: JobErrorDetail | None = None
+
+
+class DatasetOut(BaseModel):
+    id: str = Field(description="Use as {\"source\": \"upload\", \"id\": ...} in a job's dataset.")
+    sha256: str = Field(description="Of the uploaded bytes: the same bytes always give the same id.")
+    filename: str
+    format: Literal["npz", "csv", "parquet"]
+    target_column: str | None = None
+    size_bytes: int
+    shapes: dict[str, list[int]]
+    dtypes: dict[str, str]
+    shape: DataShape = Field(description="The task lrbs reads off the arrays, and the sizes a model gets.")
+    created_at: datetime
+
+
+class DatasetPage(BaseModel):
+    datasets: list[DatasetOut]
+    next_page_token: str | None = None
+
+
+class DeviceInfo(BaseModel):
+    name: str = Field(description="cpu, cuda:0, ...")
+    model: str | None = None
+    memory_gb: float | None = None
+
+
+class WorkerInfo(BaseModel):
+    """What a worker reports when it connects: what it can run."""
+
+    hostname: str
+    lrbs: str
+    torch: str
+    python: str
+    devices: list[DeviceInfo]
+    precisions: list[Precision]
+    builtins: dict[str, list[str]] = Field(description="Built-in models, datasets, losses and optimizers.")
+    plugin_modules: list[str] = Field(description="Module prefixes the operator allows (LRBS_PLUGIN_MODULES).")
+    plugins: dict[str, list[str]] = Field(description="Installed entry points per kind, with their modules allowed.")
+
+
+class WorkerOut(BaseModel):
+    id: str
+    online: bool = Field(description="Heard from within LRBS_WORKER_ONLINE_SECONDS.")
+    running_job_id: str | None = None
+    info: WorkerInfo | None = None
+    first_seen_at: datetime
+    last_seen_at: datetime
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerOut]
+
+
+class JobPage(BaseModel):
+    jobs: list[Job]
+    next_page_token: str | None = Field(None, description="Pass as page_token for the next page.")

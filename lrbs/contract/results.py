@@ -1,0 +1,121 @@
+"""What a finished job returns: the curve, every rule's suggestion, the recommendation and the batch advice."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from lrbs.contract.job_spec import ScheduleName
+
+
+class Curve(BaseModel):
+    lr: list[float]
+    loss: list[float]
+    smoothed_loss: list[float]
+
+
+class SuggestionOut(BaseModel):
+    lr: float | None
+    reason: str
+
+
+class Candidate(BaseModel):
+    lr: float
+    val_loss: float | None = Field(description="Final validation loss of the short confirmation run (null: diverged).")
+
+
+class Recommendation(BaseModel):
+    """Settings a training pipeline can use as-is."""
+
+    schedule: ScheduleName
+    lr: float = Field(description="The LR to train with: the peak LR for cosine, step and exponential, "
+                      "max_lr for one_cycle, the LR for constant.")
+    lr_low: float = Field(description="Lower end of the range lrbs considers safe for this schedule.")
+    lr_high: float = Field(description="Upper end of the safe range: past it training degrades or diverges.")
+    confidence: Literal["high", "medium", "low"] = Field(
+        description="How much the range-test sweeps agreed (and whether a fallback rule had to answer)."
+    )
+    train_steps: int = Field(description="The training length the schedule parameters are for.")
+    schedule_params: dict[str, float | int] = Field(
+        description="Every parameter of the schedule: cosine peak LR, warm-up steps and final LR; one-cycle "
+        "max_lr, div_factor, pct_start, final_div_factor; step and exponential initial LR, decay and interval."
+    )
+    warmup_steps: int = 0
+    warmup_reason: str | None = Field(None, description="Why a warm-up is (or is not) advised.")
+    snippet: str = Field(description="PyTorch code that builds this optimizer and scheduler.")
+    base_lr: float | None = Field(None, description="one_cycle: the starting LR (max_lr / div_factor).")
+    max_lr: float | None = Field(None, description="one_cycle: the peak LR.")
+    div_factor: float | None = Field(None, description="one_cycle: max_lr / base_lr.")
+    batch_size: int = Field(description="The micro-batch the range test ran at.")
+    grad_accumulation_steps: int = 1
+    effective_batch_size: int = Field(0, description="batch_size × grad_accumulation_steps.")
+    rule: str = Field(description="The rule that chose the LR.")
+    reason: str = Field(description="How the LR was chosen, in plain words.")
+    confirmation: list[Candidate] | None = Field(
+        None, description="The short trainings that confirmed the LR (thorough, or standard when the sweeps "
+        "disagreed), one per candidate."
+    )
+
+
+class BatchCandidate(BaseModel):
+    batch_size: int
+    fits: bool = Field(description="A full training step ran within the memory budget, with headroom.")
+    peak_memory_mb: float | None = Field(None, description="Peak memory of one training step (CUDA: allocated; "
+                                         "CPU: resident-set growth).")
+    step_time_s: float | None = None
+    samples_per_s: float | None = None
+    lr: float | None = Field(None, description="The LR to train this batch size with.")
+    relative_time_to_target: float | None = Field(
+        None, description="Predicted wall time to reach a target loss, relative to the best candidate (1.0).")
+    val_loss: float | None = Field(None, description="generalization_check: validation loss after the equal-epoch "
+                                   "training (null: not run, or diverged).")
+    note: str | None = Field(None, description="Why it does not fit, for example.")
+
+
+class NoiseScaleOut(BaseModel):
+    b_noise: float | None = Field(description="B_simple = tr(Σ)/|G|² (McCandlish et al. 2018); the critical batch.")
+    low: float | None = Field(description="95% bootstrap interval.")
+    high: float | None
+    measured_at_lr: float
+    after_steps: int = Field(description="Warm-up steps at that LR before measuring (B_noise grows in training).")
+    batch_sizes: tuple[int, int] = Field(description="The small and big batch the norms were measured at.")
+    measurements: int
+
+
+class BatchSizeAdvice(BaseModel):
+    batch_size: int = Field(description="The recommended batch size.")
+    lr: float | None = Field(description="The LR that goes with it.")
+    lr_scaling: str = Field(description="How the LR was set per batch size (probe, linear, sqrt, interpolated).")
+    largest_fitting: int | None = Field(description="The largest batch that fits with headroom (predicted from the "
+                                        "memory fit and verified with a real step where one was run).")
+    largest_fitting_verified: bool = False
+    memory_fit_mb: tuple[float, float] | None = Field(None, description="(a, b) of memory ≈ a + b·B, in MiB.")
+    headroom: float = Field(description="Share of the memory budget kept free.")
+    grad_accumulation_steps: int | None = Field(None, description="To reach target_effective_batch.")
+    noise_scale: NoiseScaleOut | None = None
+    generalization_epochs: int | None = Field(None, description="Epochs each candidate trained in the check.")
+    candidates: list[BatchCandidate]
+    reason: str
+
+
+class Environment(BaseModel):
+    device: str
+    torch: str
+    python: str
+    lrbs: str
+
+
+class Result(BaseModel):
+    curve: Curve
+    suggestions: dict[str, SuggestionOut]
+    recommendation: Recommendation | None = Field(
+        None, description="Missing only when no rule could read the curve; `suggestions` says why."
+    )
+    stop_reason: Literal["completed", "diverged", "non_finite"]
+    diverged_at_lr: float | None = Field(None, description="The LR at which the sweep stopped early.")
+    steps_run: int = Field(description="Optimizer steps over all sweeps.")
+    sweeps: int = Field(1, description="Range tests run; the curve is their per-step median.")
+    batch_advice: BatchSizeAdvice | None = Field(None, description="Batch-size advice, when batch_sizes was given.")
+    environment: Environment
+    wall_time_s: float

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from lrbs.worker.probes.lr_range import AUTOCAST_DTYPES, lr_range_test, lr_schedule  # noqa: E402
+from lrbs.worker.probes.lr_range import lr_range_test, lr_schedule  # noqa: E402
+from lrbs.worker.probes.step import AUTOCAST_DTYPES, StepSettings  # noqa: E402
 
 MIN_LR, MAX_LR = 1e-5, 1e-2  # small enough that nothing diverges: both loops take every step
 GOAL = 1.05
@@ -92,8 +93,7 @@ def probe(
     sync(device)
     t0 = time.perf_counter()
     result = lr_range_test(
-        model, nn.functional.cross_entropy, opt, batches, min_lr=MIN_LR, max_lr=MAX_LR, num_steps=steps,
-        precision=precision, grad_accumulation_steps=accum,
+        model, nn.functional.cross_entropy, opt, batches, min_lr=MIN_LR, max_lr=MAX_LR, num_steps=steps, step_settings=StepSettings(precision=precision, grad_accumulation_steps=accum),
     )  # fmt: skip
     elapsed = time.perf_counter() - t0  # includes the model/optimizer copy the probe makes
     assert result.steps_run == steps, f"probe stopped early ({result.stop_reason}): lower MAX_LR"

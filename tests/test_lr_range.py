@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lrbs.worker.probes.lr_range import lr_range_test, lr_schedule
+from lrbs.worker.probes.step import StepSettings
 
 CE = nn.functional.cross_entropy
 
@@ -369,7 +370,7 @@ def test_bf16_on_cpu_gives_a_finite_curve_close_to_fp32() -> None:
     for precision in ("fp32", "bf16"):
         model, opt, batches = warmed_up()
         results[precision] = lr_range_test(
-            model, CE, opt, batches, min_lr=1e-5, max_lr=1e-2, num_steps=20, precision=precision
+            model, CE, opt, batches, min_lr=1e-5, max_lr=1e-2, num_steps=20, step_settings=StepSettings(precision=precision),
         )
     fp32, bf16 = results["fp32"], results["bf16"]
     assert (bf16.stop_reason, bf16.steps_run) == ("completed", 20)
@@ -382,7 +383,7 @@ def test_fp16_needs_cuda_and_says_so_before_running_anything() -> None:
     model, opt, batches = warmed_up()
     loss = ScriptedLoss([1.0])
     with pytest.raises(ValueError, match="CUDA"):
-        lr_range_test(model, loss, opt, batches, num_steps=10, precision="fp16")
+        lr_range_test(model, loss, opt, batches, num_steps=10, step_settings=StepSettings(precision="fp16"))
     assert loss.calls == 0
 
 
@@ -390,17 +391,16 @@ def test_fp16_needs_cuda_and_says_so_before_running_anything() -> None:
     "kwargs",
     [{"precision": "fp8"}, {"grad_accumulation_steps": 0}, {"grad_clip_norm": 0.0}, {"grad_clip_norm": -1.0}],
 )
-def test_bad_new_arguments_are_rejected(kwargs: dict) -> None:
-    model, opt, batches = warmed_up()
+def test_bad_step_settings_are_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
-        lr_range_test(model, CE, opt, batches, num_steps=10, **kwargs)
+        StepSettings(**kwargs)
 
 
 def test_each_lr_point_pulls_k_micro_batches() -> None:
     k = 3
     model, opt, batches = warmed_up()
     counting = CountingBatches(batches)
-    result = lr_range_test(model, CE, opt, counting, max_lr=1e-2, num_steps=10, grad_accumulation_steps=k)
+    result = lr_range_test(model, CE, opt, counting, max_lr=1e-2, num_steps=10, step_settings=StepSettings(grad_accumulation_steps=k))
     assert result.steps_run == 10 and len(result.losses) == 10
     assert counting.pulled == 10 * k
 
@@ -410,7 +410,7 @@ def test_accumulated_step_equals_one_step_on_the_whole_batch() -> None:
     model, opt, batches = linear_setup(k, b)
     seen = watch_params(model)
     result = lr_range_test(
-        model, CE, opt, batches, min_lr=0.5, max_lr=1.0, num_steps=2, grad_accumulation_steps=k, smoothing=0.0
+        model, CE, opt, batches, min_lr=0.5, max_lr=1.0, num_steps=2, smoothing=0.0, step_settings=StepSettings(grad_accumulation_steps=k),
     )
     assert len(seen) == 2 * k  # one forward per micro-batch
     assert all(torch.equal(seen[0], s) for s in seen[1:k])  # no step inside the accumulation
@@ -441,8 +441,7 @@ def test_grad_clip_bounds_each_step_to_lr_times_clip() -> None:
         model, opt, batches = linear_setup(k=1, b=32)
         seen = watch_params(model)
         result = lr_range_test(
-            model, CE, opt, batches, min_lr=0.1, max_lr=10.0, num_steps=8, diverge_factor=math.inf,
-            grad_clip_norm=grad_clip_norm,
+            model, CE, opt, batches, min_lr=0.1, max_lr=10.0, num_steps=8, diverge_factor=math.inf, step_settings=StepSettings(grad_clip_norm=grad_clip_norm),
         )  # fmt: skip
         assert result.steps_run == 8
         steps = zip(seen, seen[1:], result.lrs, strict=False)
@@ -467,7 +466,7 @@ def test_channels_last_gives_the_same_curve() -> None:
             )
         )
         result = lr_range_test(
-            model, CE, opt, batches, min_lr=1e-2, max_lr=0.3, num_steps=12, channels_last=channels_last
+            model, CE, opt, batches, min_lr=1e-2, max_lr=0.3, num_steps=12, step_settings=StepSettings(channels_last=channels_last),
         )
         assert result.steps_run == 12
         assert not torch.equal(seen[0], seen[-1])  # the optimizer still steps the converted copy
@@ -482,7 +481,7 @@ def test_channels_last_leaves_non_4d_inputs_alone() -> None:
     curves = []
     for channels_last in (False, True):
         model, opt, batches = warmed_up()
-        curves.append(lr_range_test(model, CE, opt, batches, max_lr=1e-1, num_steps=15, channels_last=channels_last))
+        curves.append(lr_range_test(model, CE, opt, batches, max_lr=1e-1, num_steps=15, step_settings=StepSettings(channels_last=channels_last)))
     assert curves[0].losses == curves[1].losses
 
 
@@ -490,8 +489,7 @@ def test_caller_state_is_untouched_with_every_option_on() -> None:
     model, opt, batches = warmed_up()
     before = snapshot(model, opt)
     result = lr_range_test(
-        model, CE, opt, batches, min_lr=1e-4, max_lr=50.0, num_steps=40,
-        precision="bf16", grad_accumulation_steps=2, grad_clip_norm=1.0, channels_last=True,
+        model, CE, opt, batches, min_lr=1e-4, max_lr=50.0, num_steps=40, step_settings=StepSettings(precision="bf16", grad_accumulation_steps=2, grad_clip_norm=1.0, channels_last=True),
     )  # fmt: skip
     assert result.steps_run > 0
     assert_unchanged(before, model, opt)
@@ -505,8 +503,7 @@ def test_fp16_on_cuda_gives_a_finite_curve_close_to_fp32() -> None:
         model.cuda()
         opt.load_state_dict(opt.state_dict())  # moves the momentum buffers to the parameters' device
         results[precision] = lr_range_test(
-            model, CE, opt, batches, min_lr=1e-5, max_lr=1e-2, num_steps=20, grad_accumulation_steps=2,
-            grad_clip_norm=1.0, precision=precision,
+            model, CE, opt, batches, min_lr=1e-5, max_lr=1e-2, num_steps=20, step_settings=StepSettings(grad_accumulation_steps=2, grad_clip_norm=1.0, precision=precision),
         )  # fmt: skip
     assert results["fp16"].steps_run == 20
     assert all(math.isfinite(v) for v in results["fp16"].losses)

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
+from lrbs.schedules import SCHEDULES
 from lrbs.worker.suggest import (
-    PEAK_PER_LOWEST,
     RULES,
     Suggestion,
     choose,
@@ -216,7 +216,7 @@ def test_choose_reads_where_the_loss_bottoms_out_and_scales_it_by_schedule():
                    "lowest": _s(at_min)}
     constant, cosine = choose(suggestions, "constant"), choose(suggestions, "cosine")
     assert constant.rule == "lowest×schedule"
-    assert constant.lr == pytest.approx(PEAK_PER_LOWEST["constant"] * at_min)
+    assert constant.lr == pytest.approx(SCHEDULES["constant"].peak_per_lowest * at_min)
     assert cosine.lr > constant.lr  # a decaying schedule can start higher
     for c in (constant, cosine):
         assert c.lr_low < c.lr < c.lr_high <= at_min
@@ -259,7 +259,7 @@ def test_choose_on_real_suggestions():
     c = choose(suggest_all(lrs, loss, loss), "one_cycle")
     assert c.rule == "lowest×schedule"
     at_min = lrs[int(np.argmin(loss))]  # this hand-made curve is smooth: no average moves its minimum
-    assert c.lr == pytest.approx(PEAK_PER_LOWEST["one_cycle"] * at_min) and math.isfinite(c.lr)
+    assert c.lr == pytest.approx(SCHEDULES["one_cycle"].peak_per_lowest * at_min) and math.isfinite(c.lr)
     nothing = choose(suggest_all([], []), "one_cycle")
     assert nothing.lr is None and nothing.rule == "none"
 

@@ -23,8 +23,9 @@ import torch
 
 from benchmarks.lr_quality import grid
 from benchmarks.lr_quality.tasks import SCHEDULES, TASKS, Task
-from benchmarks.lr_quality.training import POLICY, build, data_of
+from benchmarks.lr_quality.training import build, job_of
 from lrbs.worker.advise import advise
+from lrbs.worker.plugins import PluginPolicy
 
 FINDER_SEEDS = (100, 200, 300)
 SUGGESTIONS_FILE = grid.CACHE / "suggestions.json"
@@ -58,10 +59,10 @@ def anchor_suggestions(task: Task, finder_seed: int) -> dict[str, dict]:
     found = {"pytorch-lr-finder": torch_lr_finder_suggestion(
         model, loss_fn, optimizer, data.batches(task.batch_size, finder_seed), min_lr=1e-7, max_lr=10.0)}
     spec, data, model, loss_fn, _ = build(task, finder_seed, 1e-7)
-    from lrbs.worker import registry
+    from lrbs.worker.factories import make_optimizer as build_optimizer
 
     def make_optimizer(params, lr):
-        return registry.make_optimizer(spec.optimizer, params, lr, POLICY)
+        return build_optimizer(spec.optimizer, params, lr, PluginPolicy())
 
     batches = data.batches(task.batch_size, finder_seed)
     found["lightning"] = lightning_suggestion(model, loss_fn, make_optimizer, batches)
@@ -106,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     for task in TASKS:
-        data_of(task)  # load once, before timing anything
+        job_of(task)  # load once, before timing anything
     suggestions = collect(set(args.methods), set(args.refresh))
     if args.suggest_only:
         return

@@ -8,31 +8,26 @@ measured step time t(B) = B / throughput(B), so time ∝ (B + B_noise) / through
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-
-import torch
 
 from lrbs.contract.job_spec import AutoBatchSizes, JobSpec
+from lrbs.contract.optimizers import ADAPTIVE_OPTIMIZERS
 from lrbs.contract.resources import Progress
 from lrbs.contract.results import BatchCandidate, BatchSizeAdvice, NoiseScaleOut
-from lrbs.worker import registry, suggest
+from lrbs.worker import suggest
 from lrbs.worker.errors import JobError
-from lrbs.worker.plugins import PluginPolicy
+from lrbs.worker.job import JobContext
 from lrbs.worker.probes import batch_size as bs
 from lrbs.worker.probes import noise_scale
 from lrbs.worker.probes.batches import forever
-from lrbs.worker.probes.lr_range import lr_range_test
-from lrbs.worker.probes.train import train
-from lrbs.worker.schedules import schedule_params
 
 MEMORY_HEADROOM = 0.10  # share of the memory budget kept free (Lightning #8028: the chosen batch OOMs later)
 NOISE_WARMUP_STEPS = 50  # B_noise is near 0 at initialisation and grows: measure after some training
 NOISE_MEASUREMENTS = 24
-ADAPTIVE = ("adam", "adamw", "rmsprop", "adagrad")
 MB = 2**20
 
 
 def candidates_for(spec: JobSpec, n_train: int) -> list[int]:
+    assert spec.batch_sizes is not None
     sizes = spec.batch_sizes.sizes() if isinstance(spec.batch_sizes, AutoBatchSizes) else list(spec.batch_sizes)
     usable = [b for b in sizes if b <= n_train]
     if not usable:
@@ -40,44 +35,39 @@ def candidates_for(spec: JobSpec, n_train: int) -> list[int]:
     return usable
 
 
-def advise_batch_size(spec: JobSpec, data: registry.TrainData, loss_fn, device: torch.device,
-                      policy: PluginPolicy, base_lr: float | None, report: Callable[[Progress], None],
-                      headroom: float = MEMORY_HEADROOM) -> BatchSizeAdvice:
-    sizes = candidates_for(spec, data.n_train)
+def advise_batch_size(job: JobContext, base_lr: float | None, headroom: float = MEMORY_HEADROOM) -> BatchSizeAdvice:
+    spec = job.spec
+    sizes = candidates_for(spec, job.data.n_train)
     lr0 = base_lr or 1e-3
-    b0 = spec.lr_range.batch_size
-
-    def make(lr: float = lr0, seed: int = spec.seed):
-        return registry.fresh(spec, data.shape, device, policy, lr, seed)
-
-    def batch(size: int):
-        return next(iter(data.batches(size, spec.seed)))
+    accumulation = job.step_settings.grad_accumulation_steps
 
     probes = []
     for i, size in enumerate(sizes):
-        report(Progress(phase="batch_size", step=i, total=len(sizes), fraction=i / len(sizes)))
-        probes.append(bs.probe(make, loss_fn, batch, size, device))
-    budget = bs.memory_budget(device, spec.memory_budget_gb)
+        job.progress("batch_size", i, len(sizes))
+        probes.append(job.step_probe(size, lr0))
+    budget = bs.memory_budget(job.device, spec.memory_budget_gb)
     fit = bs.memory_fit(probes)
     limit = budget * (1 - headroom) if budget else None
     fits = {p.batch_size: p.ran and (limit is None or p.peak_bytes is None or p.peak_bytes <= limit) for p in probes}
 
-    largest, verified = _largest(fit, budget, headroom, probes, fits, make, loss_fn, batch, device, data.n_train)
+    largest, verified = _largest(job, fit, budget, headroom, probes, fits, lr0)
     fitting = [p for p in probes if fits[p.batch_size]]
     if not fitting:
         raise JobError(f"no candidate batch size fits: {probes[0].note or 'over the memory budget'}; "
                        "try smaller batch sizes or a larger memory_budget_gb")
 
-    lrs, scaling = lrs_for(spec, [p.batch_size for p in fitting], lr0, b0, data, loss_fn, device, policy)
-    noise = measure_noise(spec, data, loss_fn, make, [p.batch_size for p in fitting], lr0, report)
+    lrs, scaling = lrs_for(job, [p.batch_size for p in fitting], lr0)
+    noise = measure_noise(job, [p.batch_size for p in fitting], lr0)
     b_noise = noise.b_noise if noise and noise.b_noise is not None else None
-    times = {p.batch_size: time_to_target(p.batch_size, p.samples_per_s, b_noise) for p in fitting}
+    # The noise scale is about the effective batch: each optimizer step sees `accumulation` micro-batches.
+    times = {p.batch_size: time_to_target(p.batch_size * accumulation, p.samples_per_s, b_noise) for p in fitting}
     best_time = min(times.values())
-    chosen = soonest = min(times, key=times.get)
-    val_losses, epochs, weighed = {}, None, None
+    chosen = soonest = min(times, key=lambda b: times[b])
+    val_losses: dict[int, float | None] = {}
+    epochs, weighed = None, None
     if spec.generalization_check:
-        epochs = check_epochs([p.batch_size for p in fitting], data.n_train)
-        val_losses = {b: equal_epoch_loss(spec, data, loss_fn, make, b, lrs[b], epochs, report) for b in times}
+        epochs = check_epochs([p.batch_size for p in fitting], job.data.n_train)
+        val_losses = {b: equal_epoch_loss(job, b, lrs[b], epochs) for b in times}
         chosen, weighed = weigh_generalization(chosen, times, val_losses)
 
     candidates = [
@@ -90,15 +80,16 @@ def advise_batch_size(spec: JobSpec, data: registry.TrainData, loss_fn, device: 
             note=p.note or (None if fits[p.batch_size] else f"over {1 - headroom:.0%} of the memory budget"),
         )
         for p in probes
-    ]
-    accumulation = math.ceil(spec.target_effective_batch / chosen) if spec.target_effective_batch else None
+    ]  # fmt: skip
+    steps_to_target = math.ceil(spec.target_effective_batch / chosen) if spec.target_effective_batch else None
     return BatchSizeAdvice(
         batch_size=chosen, lr=lrs.get(chosen), lr_scaling=scaling, largest_fitting=largest,
         largest_fitting_verified=verified,
         memory_fit_mb=(fit[0] / MB, fit[1] / MB) if fit else None, headroom=headroom,
-        grad_accumulation_steps=accumulation, noise_scale=noise, generalization_epochs=epochs, candidates=candidates,
-        reason=explain(soonest, chosen, b_noise, fitting, largest, accumulation, spec, weighed),
-    )
+        grad_accumulation_steps=steps_to_target, noise_scale=noise, generalization_epochs=epochs,
+        candidates=candidates,
+        reason=explain(soonest, chosen, b_noise, fitting, largest, steps_to_target, spec, weighed),
+    )  # fmt: skip
 
 
 GENERALIZATION_TOLERANCE = 0.05  # a validation loss this much above the best candidate's counts as worse
@@ -110,15 +101,13 @@ def check_epochs(sizes: list[int], n_train: int) -> int:
     return min(MAX_CHECK_EPOCHS, max(1, math.ceil(MIN_CHECK_STEPS * max(sizes) / n_train)))
 
 
-def equal_epoch_loss(spec, data, loss_fn, make, batch: int, lr: float | None, epochs: int, report) -> float | None:
+def equal_epoch_loss(job: JobContext, batch: int, lr: float | None, epochs: int) -> float | None:
     """Validation loss after `epochs` epochs at this batch size and its LR (constant schedule)."""
-    report(Progress(phase="generalization_check", step=batch, total=0))
+    job.report(Progress(phase="generalization_check", step=batch, total=0))
     if lr is None:
         return None
-    steps = max(1, epochs * data.n_train // batch)
-    model, optimizer = make(lr)
-    loss = train(model, loss_fn, optimizer, data.batches(batch, spec.seed), data.val_batches(256), schedule="constant",
-                 schedule_params=schedule_params("constant", lr, steps), steps=steps)
+    steps = max(1, epochs * job.data.n_train // batch)
+    loss = job.train(lr, steps, batch_size=batch)
     return loss if math.isfinite(loss) else None
 
 
@@ -148,23 +137,25 @@ def time_to_target(batch: int, samples_per_s: float | None, b_noise: float | Non
     return (batch + b_noise) / samples_per_s
 
 
-def _largest(fit, budget, headroom, probes, fits, make, loss_fn, batch, device, n_train) -> tuple[int | None, bool]:
+def _largest(job: JobContext, fit: tuple[float, float] | None, budget: float | None, headroom: float,
+             probes: list[bs.StepProbe], fits: dict[int, bool], lr: float) -> tuple[int | None, bool]:
     """The largest batch that fits: predicted from the memory fit, then checked with one real step."""
     predicted = bs.largest_fitting(fit, budget, headroom)
     ran = [p.batch_size for p in probes if fits[p.batch_size]]
-    if predicted is None:
+    if predicted is None or budget is None:
         return (max(ran) if ran else None), bool(ran)
-    predicted = min(predicted, n_train)
+    predicted = min(predicted, job.data.n_train)
     if predicted in ran or predicted <= 0:
         return predicted or None, predicted > 0
-    check = bs.probe(make, loss_fn, batch, predicted, device, timed_steps=1)
+    check = job.step_probe(predicted, lr, timed_steps=1)
     ok = check.ran and (check.peak_bytes is None or check.peak_bytes <= budget * (1 - headroom))
     return (predicted if ok else max(ran, default=None)), ok
 
 
-def lrs_for(spec: JobSpec, sizes: list[int], lr0: float, b0: int, data, loss_fn, device, policy):
+def lrs_for(job: JobContext, sizes: list[int], lr0: float) -> tuple[dict[int, float], str]:
     """The LR for each batch size, by spec.lr_scaling."""
-    rule = "sqrt" if getattr(spec.optimizer, "name", "") in ADAPTIVE else "linear"
+    spec, b0 = job.spec, job.spec.lr_range.batch_size
+    rule = "sqrt" if getattr(spec.optimizer, "name", "") in ADAPTIVE_OPTIMIZERS else "linear"
     scaling = spec.lr_scaling
 
     def by_rule(kind: str) -> dict[int, float]:
@@ -173,46 +164,41 @@ def lrs_for(spec: JobSpec, sizes: list[int], lr0: float, b0: int, data, loss_fn,
 
     if scaling in ("linear", "sqrt"):
         return by_rule(scaling), scaling
-    probed = {b: probe_lr(spec, b, data, loss_fn, device, policy)
-              for b in (sizes if scaling == "probe" else sorted({sizes[0], sizes[-1]}))}
+    probed = {b: probe_lr(job, b) for b in (sizes if scaling == "probe" else sorted({sizes[0], sizes[-1]}))}
     if scaling == "probe":
         fallback = by_rule(rule)
         return {b: probed[b] or fallback[b] for b in sizes}, "probe"
     low, high = sizes[0], sizes[-1]
-    if probed.get(low) and probed.get(high) and high > low:
-        slope = math.log(probed[high] / probed[low]) / math.log(high / low)
-        return {b: probed[low] * (b / low) ** slope for b in sizes}, f"interpolated (LR ∝ B^{slope:.2f} between probes)"
+    lr_low, lr_high = probed.get(low), probed.get(high)
+    if lr_low and lr_high and high > low:
+        slope = math.log(lr_high / lr_low) / math.log(high / low)
+        return {b: lr_low * (b / low) ** slope for b in sizes}, f"interpolated (LR ∝ B^{slope:.2f} between probes)"
     return by_rule(rule), f"{rule} rule (a probe found no LR)"
 
 
-def probe_lr(spec: JobSpec, batch: int, data, loss_fn, device, policy) -> float | None:
+def probe_lr(job: JobContext, batch: int) -> float | None:
     """A quick range test (one sweep) at this batch size, read with the same rule as the job's advice."""
-    rng = spec.lr_range
-    model, optimizer = registry.fresh(spec, data.shape, device, policy, rng.min_lr, spec.seed)
-    curve = lr_range_test(model, loss_fn, optimizer, data.batches(batch, spec.seed), min_lr=rng.min_lr,
-                          max_lr=rng.max_lr, num_steps=rng.num_steps, mode=rng.mode, smoothing=rng.smoothing,
-                          diverge_factor=rng.diverge_factor)
-    return suggest.choose(suggest.suggest_all(curve.lrs, curve.smoothed, curve.losses), spec.schedule).lr
+    curve = job.range_test(batch)
+    return suggest.choose(suggest.suggest_all(curve.lrs, curve.smoothed, curve.losses), job.spec.schedule).lr
 
 
-def measure_noise(spec, data, loss_fn, make, sizes: list[int], lr: float, report) -> NoiseScaleOut | None:
+def measure_noise(job: JobContext, sizes: list[int], lr: float) -> NoiseScaleOut | None:
     """B_noise after NOISE_WARMUP_STEPS at the recommended LR, from the smallest and largest fitting batch."""
     small, big = sizes[0], sizes[-1]
     if big < 2 * small:
         return None  # two batch sizes too close to tell noise from signal
-    report(Progress(phase="noise_scale", step=0, total=NOISE_MEASUREMENTS))
-    model, optimizer = make(lr)
-    params = schedule_params("constant", lr, NOISE_WARMUP_STEPS)
-    train(model, loss_fn, optimizer, data.batches(small, spec.seed), data.val_batches(256), schedule="constant",
-          schedule_params=params, steps=NOISE_WARMUP_STEPS)
-    big_batches = forever(data.batches(big, spec.seed + 1))
-    small_sq, big_sq, b_big = noise_scale.measure(model, loss_fn, big_batches, small, NOISE_MEASUREMENTS)
+    job.progress("noise_scale", 0, NOISE_MEASUREMENTS)
+    model, optimizer = job.fresh(lr)
+    job.train(lr, NOISE_WARMUP_STEPS, batch_size=small, model=(model, optimizer))
+    big_batches = forever(job.data.batches(big, job.spec.seed + 1))
+    settings = job.step_settings
+    small_sq, big_sq, b_big = noise_scale.measure(model, job.loss_fn, big_batches, small, NOISE_MEASUREMENTS, settings)
     found = noise_scale.estimate(small_sq, big_sq, small, b_big)
     if found.b_simple is None:  # |G|² came out ≤ 0: the signal is small against the noise, so measure longer
-        more = noise_scale.measure(model, loss_fn, big_batches, small, 2 * NOISE_MEASUREMENTS)
+        more = noise_scale.measure(model, job.loss_fn, big_batches, small, 2 * NOISE_MEASUREMENTS, settings)
         found = noise_scale.estimate(small_sq + more[0], big_sq + more[1], small, b_big)
     return NoiseScaleOut(b_noise=found.b_simple, low=found.low, high=found.high, measured_at_lr=lr,
-                           after_steps=NOISE_WARMUP_STEPS, batch_sizes=(small, b_big), measurements=found.measurements)
+                         after_steps=NOISE_WARMUP_STEPS, batch_sizes=(small, b_big), measurements=found.measurements)
 
 
 def explain(soonest: int, chosen: int, b_noise: float | None, fitting, largest: int | None,

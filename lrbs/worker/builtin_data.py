@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from lrbs.contract.builtins import (
-    BuiltinDataset,
-    Digits,
-    Iris,
-    SyntheticClassification,
-    SyntheticImages,
-    SyntheticRegression,
-    SyntheticTokens,
-)
+from lrbs.contract.builtins import BuiltinDatasetSpec
 
 
 @dataclass
@@ -37,35 +30,48 @@ def split(x: Tensor, y: Tensor, validation_fraction: float) -> Data:
     return Data(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
 
 
-def builtin(dataset: BuiltinDataset) -> Data:
+def builtin(dataset: BuiltinDatasetSpec) -> Data:
     """Seeded data: the same spec gives the same tensors on every worker."""
-    p = dataset.params
-    g = torch.Generator().manual_seed(p.seed)
-    if isinstance(dataset, SyntheticClassification):
-        # A random linear teacher with noisy logits: learnable, but not to zero loss.
-        x = torch.randn(p.n_samples, p.n_features, generator=g)
-        teacher = torch.randn(p.n_features, p.n_classes, generator=g) * (3 / math.sqrt(p.n_features))
-        logits = x @ teacher + p.noise * torch.randn(p.n_samples, p.n_classes, generator=g)
-        y = logits.argmax(dim=1)
-    elif isinstance(dataset, SyntheticRegression):
-        x = torch.randn(p.n_samples, p.n_features, generator=g)
-        teacher = torch.randn(p.n_features, p.n_targets, generator=g) / math.sqrt(p.n_features)
-        y = x @ teacher + p.noise * torch.randn(p.n_samples, p.n_targets, generator=g)
-    elif isinstance(dataset, SyntheticImages):
-        # One random template per class, seen through pixel noise.
-        templates = torch.randn(p.n_classes, p.channels, p.height, p.width, generator=g)
-        y = torch.randint(p.n_classes, (p.n_samples,), generator=g)
-        x = templates[y] + p.noise * torch.randn(p.n_samples, p.channels, p.height, p.width, generator=g)
-    elif isinstance(dataset, SyntheticTokens):
-        seq = markov_tokens(p.n_samples, p.context + 1, p.vocab_size, g)
-        x, y = seq[:, :-1], seq[:, 1:]  # y is x shifted by one: the next token at every position
-    elif isinstance(dataset, Digits | Iris):
-        x, y = sklearn_dataset(dataset.name)
-        order = torch.randperm(len(x), generator=g)  # sklearn's files are sorted by class
-        x, y = x[order], y[order]
-    else:
+    generate = GENERATORS.get(dataset.name)
+    if generate is None:
         raise NotImplementedError(f"built-in dataset {dataset.name} is not available on this worker")
+    x, y = generate(dataset.params, torch.Generator().manual_seed(dataset.params.seed))  # type: ignore[attr-defined]
     return split(x, y, dataset.validation_fraction)
+
+
+def synthetic_classification(p: Any, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A random linear teacher with noisy logits: learnable, but not to zero loss."""
+    x = torch.randn(p.n_samples, p.n_features, generator=g)
+    teacher = torch.randn(p.n_features, p.n_classes, generator=g) * (3 / math.sqrt(p.n_features))
+    logits = x @ teacher + p.noise * torch.randn(p.n_samples, p.n_classes, generator=g)
+    return x, logits.argmax(dim=1)
+
+
+def synthetic_regression(p: Any, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    x = torch.randn(p.n_samples, p.n_features, generator=g)
+    teacher = torch.randn(p.n_features, p.n_targets, generator=g) / math.sqrt(p.n_features)
+    return x, x @ teacher + p.noise * torch.randn(p.n_samples, p.n_targets, generator=g)
+
+
+def synthetic_images(p: Any, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """One random template per class, seen through pixel noise."""
+    templates = torch.randn(p.n_classes, p.channels, p.height, p.width, generator=g)
+    y = torch.randint(p.n_classes, (p.n_samples,), generator=g)
+    return templates[y] + p.noise * torch.randn(p.n_samples, p.channels, p.height, p.width, generator=g), y
+
+
+def synthetic_tokens(p: Any, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    seq = markov_tokens(p.n_samples, p.context + 1, p.vocab_size, g)
+    return seq[:, :-1], seq[:, 1:]  # y is x shifted by one: the next token at every position
+
+
+def bundled(name: str) -> Callable[[Any, torch.Generator], tuple[Tensor, Tensor]]:
+    def load(p: Any, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        x, y = sklearn_dataset(name)
+        order = torch.randperm(len(x), generator=g)  # sklearn's files are sorted by class
+        return x[order], y[order]
+
+    return load
 
 
 def markov_tokens(n: int, length: int, vocab_size: int, g: torch.Generator) -> Tensor:
@@ -98,6 +104,17 @@ def sklearn_dataset(name: str) -> tuple[Tensor, Tensor]:
     std = x.std(dim=0)
     x = (x - x.mean(dim=0)) / torch.where(std > 0, std, 1.0)  # digits has always-blank border pixels
     return x, torch.as_tensor(bunch.target, dtype=torch.int64)
+
+
+# The table of built-in datasets by name (`lrbs.contract.builtins.BUILTIN_DATASETS` lists the same names).
+GENERATORS: dict[str, Callable[[Any, torch.Generator], tuple[Tensor, Tensor]]] = {
+    "synthetic_classification": synthetic_classification,
+    "synthetic_regression": synthetic_regression,
+    "synthetic_images": synthetic_images,
+    "synthetic_tokens": synthetic_tokens,
+    "digits": bundled("digits"),
+    "iris": bundled("iris"),
+}
 
 
 class Batches:

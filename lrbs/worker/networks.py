@@ -1,12 +1,17 @@
-"""Built-in models. Each builder takes plain arguments; registry.py maps a spec onto them."""
+"""Built-in models: plain constructors, and `BUILDERS`, the table that maps each built-in model of the
+contract (`lrbs.contract.builtins.BUILTIN_MODELS`) onto them, filling what the data decides."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from lrbs.contract.shapes import DataShape
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU,
@@ -160,3 +165,26 @@ def _gpt_init(module: nn.Module) -> None:
 def transformer_lm(vocab_size: int, context: int, *, layers: int, d_model: int, heads: int, mlp_ratio: int,
                    dropout: float) -> TransformerLM:
     return TransformerLM(vocab_size, context, layers, d_model, heads, mlp_ratio, dropout)
+
+
+# ------------------------------------------------------------------------------- spec → network, by name
+
+Builder = Callable[[Any, DataShape], nn.Module]  # (the model's params, the data's shape) -> network
+
+
+def _flat(shape: DataShape) -> int:
+    return math.prod(shape.input_shape)
+
+
+BUILDERS: dict[str, Builder] = {
+    "linear": lambda p, shape: linear(p.in_features or _flat(shape), p.out_features or shape.num_outputs),
+    "mlp": lambda p, shape: mlp(p.in_features or _flat(shape), p.out_features or shape.num_outputs, p.hidden,
+                                p.activation, p.dropout, p.batch_norm),
+    "cnn": lambda p, shape: cnn(p.in_channels or shape.input_shape[0], p.num_classes or shape.num_outputs,
+                                p.channels, p.dropout),
+    "resnet": lambda p, shape: resnet(p.in_channels or shape.input_shape[0], p.num_classes or shape.num_outputs,
+                                      depth=p.depth, width=p.width, stages=p.stages),
+    "transformer_lm": lambda p, shape: transformer_lm(
+        p.vocab_size or shape.num_outputs, p.context or shape.input_shape[0], layers=p.layers, d_model=p.d_model,
+        heads=p.heads, mlp_ratio=p.mlp_ratio, dropout=p.dropout),
+}

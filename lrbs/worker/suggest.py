@@ -5,7 +5,7 @@ arrays, as `worker/probes/lr_range.py` returns them) and gives a `Suggestion`. N
 bad input: short, flat, rising, non-finite or mismatched curves give `Suggestion(None, None, reason)`.
 `choose` is the one place that turns the rules' answers into the recommended LR.
 
-Pure numpy: no torch here.
+Pure numpy (and the schedule table's fitted fractions): no torch here.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from lrbs.schedules import SCHEDULES
 
 MIN_POINTS = 10  # fewer finite points than this is no curve to read (Lightning #13844 crashed on them)
 MIN_RELATIVE_FALL = 0.01  # a drop under 1% of the loss level is noise, not a descent
@@ -281,13 +283,9 @@ def suggest_all(lrs: ArrayLike, smoothed: ArrayLike, losses: ArrayLike | None = 
     return found
 
 
-# The recommended LR is PEAK_PER_LOWEST[schedule] × the LR where the median range-test curve bottoms out
-# (`lowest`). The factors are fitted by benchmarks/lr_quality/tune.py on the benchmark's tasks (the one with the
-# lowest worst-case regret); SAFE_BAND is the stretch of factors, relative to the chosen one, inside which
-# no benchmark task lost more than 20% of the best LR's improvement.
-PEAK_PER_LOWEST = {"constant": 0.0708, "cosine": 0.158, "one_cycle": 0.112, "step": 0.200, "exponential": 0.355}
-SAFE_BAND = {"constant": (0.63, 1.41), "cosine": (0.56, 2.24), "one_cycle": (0.50, 1.58), "step": (0.63, 2.0),
-             "exponential": (0.56, 1.58)}
+# The recommended LR is a per-schedule fraction of the LR where the median range-test curve bottoms out
+# (`lowest`); the fractions and safe bands live in the schedule table (lrbs/schedules.py), fitted by
+# benchmarks/lr_quality/tune.py on the benchmark's tasks.
 CONFIDENT_SPREAD, UNSURE_SPREAD = 0.25, 0.5  # decades between the sweeps' minima
 
 
@@ -302,9 +300,9 @@ def choose(suggestions: dict[str, Suggestion], schedule: str, sweep_minima: Sequ
     bottom = suggestions.get("lowest")
     if bottom is not None and bottom.lr is not None:
         at_min = bottom.lr
-        factor = PEAK_PER_LOWEST[schedule]
+        factor = SCHEDULES[schedule].peak_per_lowest
         lr = factor * at_min
-        low, high = SAFE_BAND[schedule]
+        low, high = SCHEDULES[schedule].safe_band
         found = [m for m in sweep_minima if m]
         spread = float(np.log10(max(found) / min(found))) if len(found) > 1 else None
         if spread is None:

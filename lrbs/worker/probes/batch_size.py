@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from lrbs.worker.probes.step import LossFn, StepSettings, TrainingStep
 
 WARMUP_STEPS = 2  # excluded from timing: first-step allocations, kernel selection
 TIMED_STEPS = 5
@@ -34,15 +37,16 @@ Batch = Callable[[int], tuple[Tensor, Tensor]]
 
 @dataclass
 class StepProbe:
-    batch_size: int
+    batch_size: int  # the micro-batch
     ran: bool  # False: out of memory
     peak_bytes: int | None
-    step_time_s: float | None
+    step_time_s: float | None  # one optimizer step: `accumulation` micro-batches
+    accumulation: int = 1
     note: str | None = None
 
     @property
     def samples_per_s(self) -> float | None:
-        return self.batch_size / self.step_time_s if self.step_time_s else None
+        return self.batch_size * self.accumulation / self.step_time_s if self.step_time_s else None
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -50,42 +54,42 @@ def is_oom(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and any(m in str(exc) for m in OOM_MESSAGES))
 
 
-def probe(make: Make, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Batch, batch_size: int,
-          device: torch.device, timed_steps: int = TIMED_STEPS) -> StepProbe:
-    """One candidate: a measured first step, then WARMUP_STEPS untimed and `timed_steps` timed ones."""
+def probe(make: Make, loss_fn: LossFn, batch: Batch, batch_size: int, device: torch.device,
+          timed_steps: int = TIMED_STEPS, step_settings: StepSettings | None = None) -> StepProbe:
+    """One candidate: a measured first step, then WARMUP_STEPS untimed and `timed_steps` timed ones.
+
+    Each step is a full optimizer step as the job runs it (`step_settings`: precision, accumulation over
+    micro-batches of `batch_size`, clipping, channels-last), so memory and speed are the job's own."""
+    settings = step_settings or StepSettings()
     model = optimizer = None
     try:
         before = _memory_now(device)
         model, optimizer = make()
-        x, y = batch(batch_size)
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
-            optimizer.step()
+        micro_batches = itertools.repeat(batch(batch_size))
+        step = TrainingStep(model, loss_fn, optimizer, settings)
 
         _reset_peak(device)
-        step()
+        step(micro_batches)
         peak = _peak(device, before)
         for _ in range(WARMUP_STEPS):
-            step()
+            step(micro_batches)
         steps = timed_steps
         while True:
             _sync(device)
             started = time.perf_counter()
             for _ in range(steps):
-                step()
+                step(micro_batches)
             _sync(device)  # the only syncs: at each timed block's two ends
             elapsed = time.perf_counter() - started
             if elapsed >= MIN_TIMED_S or steps >= 64 * timed_steps:
-                return StepProbe(batch_size, True, peak, elapsed / steps)
+                return StepProbe(batch_size, True, peak, elapsed / steps, settings.grad_accumulation_steps)
             steps *= 2
     except Exception as exc:
         if not is_oom(exc):
             raise
         return StepProbe(batch_size, False, None, None, note=f"out of memory: {str(exc).splitlines()[0][:200]}")
     finally:
-        model = optimizer = None  # drop the candidate's tensors before the next one is measured
+        model = optimizer = step = None  # drop the candidate's tensors before the next one is measured
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

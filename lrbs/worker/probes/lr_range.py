@@ -11,12 +11,9 @@ run is aborted by an exception (on_progress raising is how the worker cancels a 
 Speed: the loop costs what a bare training loop costs. Losses stay on the device and are read
 back once every `check_every` steps; smoothing and the stop rules run on the host per chunk.
 
-The step itself is the one a training pipeline would run, so the curve is the one it will see:
-`precision` ("fp32", "bf16" or "fp16" under autocast; fp16 with a GradScaler, CUDA only),
-`grad_accumulation_steps` (one optimizer step per LR point over that many micro-batches; the
-point's loss is their mean), `grad_clip_norm` and `channels_last`. The loop follows nanoGPT's
-train.py. fp16 adds the one host sync per step that GradScaler.step makes to decide whether to skip
-(fused optimizers avoid it); nothing else does.
+The step itself is the one a training pipeline would run (`probes/step.py`: precision, gradient
+accumulation, clipping, channels-last), so the curve is the one it will see. With accumulation, a
+point's loss is the mean over its micro-batches.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ import inspect
 import math
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +30,8 @@ import torch
 from torch import nn
 
 from lrbs.worker.probes.batches import forever
+from lrbs.worker.probes.step import LossFn, StepSettings, TrainingStep, device_of
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # "fp32" runs without autocast
 
 @dataclass
 class RangeResult:
@@ -71,7 +67,7 @@ def lr_schedule(min_lr: float, max_lr: float, num_steps: int, mode: str = "expon
 
 def lr_range_test(
     model: nn.Module,
-    loss_fn: Callable[[Any, Any], torch.Tensor],
+    loss_fn: LossFn,
     optimizer: torch.optim.Optimizer,
     batches: Iterable[tuple[Any, Any]],
     *,
@@ -83,48 +79,30 @@ def lr_range_test(
     diverge_factor: float = 4.0,
     check_every: int = 10,
     on_progress: Callable[[int, int], None] | None = None,
-    precision: str = "fp32",
-    grad_accumulation_steps: int = 1,
-    grad_clip_norm: float | None = None,
-    channels_last: bool = False,
+    step_settings: StepSettings | None = None,
 ) -> RangeResult:
     """Run the LR range test on a copy of `model` and `optimizer`; see the module docstring.
 
     Stops early when the smoothed loss exceeds `diverge_factor` × the best smoothed loss so far
     (from the second step on), or when a loss is not finite. `on_progress(step_done, total)` is
     called once per chunk of `check_every` steps; an exception it raises propagates.
-
-    Each of the `num_steps` LR points is one optimizer step over `grad_accumulation_steps`
-    micro-batches drawn from `batches`. `grad_clip_norm` clips the total gradient norm (after
-    unscaling) before the step. `channels_last` puts the copy and 4-D inputs in channels-last memory.
+    Each of the `num_steps` LR points is one optimizer step, run as `step_settings` say.
     """
     if not 0 <= smoothing < 1:
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
     if check_every < 1:
         raise ValueError(f"check_every must be at least 1, got {check_every}")
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
-    if grad_accumulation_steps < 1:
-        raise ValueError(f"grad_accumulation_steps must be at least 1, got {grad_accumulation_steps}")
-    if grad_clip_norm is not None and not grad_clip_norm > 0:
-        raise ValueError(f"grad_clip_norm must be > 0 (or None for no clipping), got {grad_clip_norm}")
-    device = _device_of(model)
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError(
-            f"fp16 needs a CUDA device (GradScaler), but the model is on {device.type}; use 'bf16' or 'fp32'"
-        )
+    step_settings = step_settings or StepSettings()
+    step_settings.check_device(device_of(model))
     lrs = lr_schedule(min_lr, max_lr, num_steps, mode)
 
     t0 = time.perf_counter()
     model, optimizer = _copy_for_probe(model, optimizer)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)  # in place: the optimizer copy keeps the same parameters
     model.train()
-    accum = grad_accumulation_steps
-    ctx = nullcontext() if precision == "fp32" else torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # disabled: a pass-through
+    step_fn = TrainingStep(model, loss_fn, optimizer, step_settings)
     # One row per LR point, one column per micro-batch; on device until a chunk ends.
-    loss_buf = torch.empty(num_steps, accum, dtype=torch.float32, device=device)
+    loss_buf = torch.empty(num_steps, step_settings.grad_accumulation_steps, dtype=torch.float32,
+                           device=step_fn.device)
     data = forever(batches)
 
     curve_lrs: list[float] = []
@@ -135,28 +113,8 @@ def lr_range_test(
     chunk_start = 0
     steps_run = 0
     for step, lr in enumerate(lrs):
-        for group in optimizer.param_groups:
-            if isinstance(group["lr"], torch.Tensor):
-                group["lr"].fill_(lr)  # capturable/fused optimizers keep lr as a tensor
-            else:
-                group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        for micro in range(accum):
-            x, y = next(data)
-            if channels_last and x.dim() == 4:
-                x = x.to(device, memory_format=torch.channels_last, non_blocking=True)
-            else:
-                x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            with ctx:
-                loss = loss_fn(model(x), y)
-            loss_buf[step, micro] = loss.detach().float()  # a device-side copy: no host sync here
-            scaler.scale(loss / accum if accum > 1 else loss).backward()  # skip a no-op divide (and its backward)
-        if grad_clip_norm is not None:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)  # returns the norm on device: not read
-        scaler.step(optimizer)
-        scaler.update()
+        step_fn.set_lr(lr)
+        loss_buf[step] = step_fn(data)
         steps_run = step + 1
 
         if steps_run % check_every and steps_run < num_steps:
@@ -181,8 +139,8 @@ def lr_range_test(
         if stopped_at is not None:
             break
 
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if step_fn.device.type == "cuda":
+        torch.cuda.synchronize(step_fn.device)
     return RangeResult(
         lrs=curve_lrs,
         losses=curve_losses,
@@ -217,10 +175,3 @@ def _copy_for_probe(
     optimizer_copy.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     return model_copy, optimizer_copy
 
-
-def _device_of(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")

@@ -10,12 +10,14 @@ ratio is taken last (the paper's appendix A.1). The interval comes from a bootst
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from lrbs.worker.probes.step import LossFn, StepSettings, device_of
 
 
 @dataclass(frozen=True)
@@ -50,15 +52,21 @@ def estimate(small_sq: Iterable[float], big_sq: Iterable[float], b_small: int, b
                       trace_sigma=float(tr.mean()), low=low, high=high, measurements=len(g2))
 
 
-def squared_grad_norm(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> Tensor:
-    """|∇L|² of the mean loss over this batch, left on the device."""
+def squared_grad_norm(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
+                      step_settings: StepSettings | None = None) -> Tensor:
+    """|∇L|² of the mean loss over this batch (forward as the job's steps run it), left on the device."""
+    settings = step_settings or StepSettings()
+    x, y = settings.to_device(x, y, device_of(model))
     model.zero_grad(set_to_none=True)
-    loss_fn(model(x), y).backward()
+    with settings.autocast(device_of(model)):
+        loss = loss_fn(model(x), y)
+    loss.backward()
     return sum((p.grad.detach().float() ** 2).sum() for p in model.parameters() if p.grad is not None)
 
 
-def measure(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], big_batches: Iterator[tuple[Tensor, Tensor]],
-            b_small: int, measurements: int) -> tuple[list[float], list[float], int]:
+def measure(model: nn.Module, loss_fn: LossFn, big_batches: Iterator[tuple[Tensor, Tensor]],
+            b_small: int, measurements: int,
+            step_settings: StepSettings | None = None) -> tuple[list[float], list[float], int]:
     """Norms at the model's current weights: each big batch gives |G_B|², and its first b_small samples |G_b|².
 
     The model is not stepped. Returns (small norms, big norms, big batch size); one host sync at the end.
@@ -67,7 +75,7 @@ def measure(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], big_b
     for _ in range(measurements):
         x, y = next(big_batches)
         b_big = len(x)
-        big.append(squared_grad_norm(model, loss_fn, x, y))
-        small.append(squared_grad_norm(model, loss_fn, x[:b_small], y[:b_small]))
+        big.append(squared_grad_norm(model, loss_fn, x, y, step_settings))
+        small.append(squared_grad_norm(model, loss_fn, x[:b_small], y[:b_small], step_settings))
     model.zero_grad(set_to_none=True)
     return torch.stack(small).tolist(), torch.stack(big).tolist(), b_big

@@ -13,20 +13,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lrbs.schedules import SCHEDULES
 from lrbs.worker.probes.batches import forever
-from lrbs.worker.schedules import make_scheduler
+from lrbs.worker.probes.step import LossFn, StepSettings, TrainingStep, device_of
 
 CHECK_EVERY = 25  # steps between divergence checks (one host sync each)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
-             val_batches: Iterable[tuple[Tensor, Tensor]]) -> float:
+def evaluate(model: nn.Module, loss_fn: LossFn, val_batches: Iterable[tuple[Tensor, Tensor]],
+             step_settings: StepSettings | None = None, device: torch.device | None = None) -> float:
     """Mean loss per sample over the validation set (inf if it is not finite)."""
+    settings, device = step_settings or StepSettings(), device or device_of(model)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for x, y in val_batches:
+        x, y = settings.to_device(x, y, device)
         total += float(loss_fn(model(x), y)) * len(x)
         count += len(x)
     model.train(was_training)
@@ -34,24 +37,25 @@ def evaluate(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
     return mean if math.isfinite(mean) else math.inf
 
 
-def train(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: torch.optim.Optimizer,
+def train(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
           batches: Iterable[tuple[Tensor, Tensor]], val_batches: Iterable[tuple[Tensor, Tensor]], *,
           schedule: str, schedule_params: dict[str, Any], steps: int,
-          on_progress: Callable[[int, int], None] | None = None) -> float:
-    """Train `model` in place for `steps` optimizer steps; return the final validation loss (inf if diverged)."""
-    scheduler = make_scheduler(optimizer, schedule, schedule_params)
+          on_progress: Callable[[int, int], None] | None = None,
+          step_settings: StepSettings | None = None) -> float:
+    """Train `model` in place for `steps` optimizer steps; return the final validation loss (inf if diverged).
+
+    Each step runs as `step_settings` say (precision, accumulation, clipping, channels-last)."""
+    scheduler = SCHEDULES[schedule].scheduler(optimizer, schedule_params)
     model.train()
+    step_fn = TrainingStep(model, loss_fn, optimizer, step_settings)
     data = forever(batches)
     for step in range(steps):
-        x, y = next(data)
-        loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = step_fn(data)
         scheduler.step()
         if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
-            if not math.isfinite(loss.detach().item()):
+            if not torch.isfinite(loss).all().item():
                 return math.inf  # diverged: no point training on NaN
             if on_progress is not None:
                 on_progress(step + 1, steps)
-    return evaluate(model, loss_fn, val_batches)
+    with step_fn.autocast:
+        return evaluate(model, loss_fn, val_batches, step_fn.settings, step_fn.device)

@@ -1,0 +1,132 @@
+"""One job's context: what every step of a job needs, built once from its spec.
+
+Every caller (the LR advice, the confirmation trainings, the batch-size probes, the noise scale, the
+benchmarks) builds its models and runs its sweeps and trainings through a `JobContext`, so a job's
+precision, gradient accumulation, clipping and memory format apply everywhere, the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from lrbs.contract.job_spec import JobSpec
+from lrbs.contract.resources import Progress
+from lrbs.schedules import SCHEDULES
+from lrbs.worker import factories
+from lrbs.worker.data import TrainData, load_data
+from lrbs.worker.errors import JobError
+from lrbs.worker.plugins import PluginPolicy
+from lrbs.worker.probes import batch_size as batch_probe
+from lrbs.worker.probes.lr_range import RangeResult, lr_range_test
+from lrbs.worker.probes.step import LossFn, StepSettings
+from lrbs.worker.probes.train import train
+
+ProgressFn = Callable[[Progress], None]
+VALIDATION_BATCH = 256
+
+
+@dataclass
+class JobContext:
+    spec: JobSpec
+    data: TrainData
+    loss_fn: LossFn
+    device: torch.device
+    policy: PluginPolicy
+    report: ProgressFn
+    step_settings: StepSettings
+
+    @classmethod
+    def build(
+        cls,
+        spec: JobSpec,
+        on_progress: ProgressFn | None = None,
+        *,
+        policy: PluginPolicy | None = None,
+        fetch_upload: Callable[[str], Path] | None = None,
+    ) -> JobContext:
+        """Resolve the device, check the hardware can run the spec, load the data and fit the spec to it."""
+        report = on_progress or (lambda _p: None)
+        report(Progress(phase="setup"))
+        policy = policy or PluginPolicy()
+        device = factories.resolve_device(spec.device)
+        factories.check_precision(spec.precision, device)
+        torch.manual_seed(spec.seed)
+        data = load_data(spec.dataset, device, policy, fetch_upload)
+        try:
+            spec.resolve_for(data.shape)  # plugin data is first seen here: default loss, model and loss fit
+        except ValueError as exc:
+            raise JobError(str(exc)) from None
+        assert spec.loss is not None  # resolve_for filled the default
+        settings = StepSettings(
+            precision=spec.precision,
+            grad_accumulation_steps=spec.grad_accumulation_steps,
+            grad_clip_norm=spec.grad_clip_norm,
+            channels_last=spec.channels_last,
+        )
+        loss_fn = factories.make_loss(spec.loss, policy)
+        return cls(spec, data, loss_fn, device, policy, report, settings)
+
+    def progress(self, phase: str, step: int = 0, total: int = 0) -> None:
+        self.report(Progress(phase=phase, step=step, total=total, fraction=min(1.0, step / total) if total else 0.0))
+
+    def fresh(self, lr: float, seed: int | None = None) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """A newly initialised model (seeded) on the job's device and its optimizer at `lr`."""
+        torch.manual_seed(self.spec.seed if seed is None else seed)
+        loss = self.spec.loss if isinstance(self.spec.loss, str) else None
+        model = factories.make_model(self.spec.model, self.data.shape, loss, self.policy).to(self.device)
+        return model, factories.make_optimizer(self.spec.optimizer, model.parameters(), lr, self.policy)
+
+    def range_test(
+        self, batch_size: int, seed: int | None = None, on_progress: Callable[[int, int], None] | None = None
+    ) -> RangeResult:
+        """One LR range test with the spec's sweep settings, on a fresh model, at this micro-batch size."""
+        sweep = self.spec.lr_range
+        seed = self.spec.seed if seed is None else seed
+        model, optimizer = self.fresh(sweep.min_lr, seed)
+        return lr_range_test(
+            model, self.loss_fn, optimizer, self.data.batches(batch_size, seed),
+            min_lr=sweep.min_lr, max_lr=sweep.max_lr, num_steps=sweep.num_steps, mode=sweep.mode,
+            smoothing=sweep.smoothing, diverge_factor=sweep.diverge_factor, on_progress=on_progress,
+            step_settings=self.step_settings,
+        )  # fmt: skip
+
+    def train(
+        self,
+        lr: float,
+        steps: int,
+        *,
+        schedule: str = "constant",
+        warmup_steps: int = 0,
+        batch_size: int | None = None,
+        seed: int | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+        model: tuple[nn.Module, torch.optim.Optimizer] | None = None,
+    ) -> float:
+        """A short real training at `lr` with `schedule`; the final validation loss (inf if it diverged).
+
+        Trains a fresh model, or `model` (a model and its optimizer) in place."""
+        seed = self.spec.seed if seed is None else seed
+        net, optimizer = model or self.fresh(lr, seed)
+        params = SCHEDULES[schedule].params(lr, steps, warmup_steps)
+        batches = self.data.batches(batch_size or self.spec.lr_range.batch_size, seed)
+        return train(
+            net, self.loss_fn, optimizer, batches, self.data.val_batches(VALIDATION_BATCH), schedule=schedule,
+            schedule_params=params, steps=steps, on_progress=on_progress, step_settings=self.step_settings,
+        )  # fmt: skip
+
+    def step_probe(
+        self, batch_size: int, lr: float, timed_steps: int = batch_probe.TIMED_STEPS
+    ) -> batch_probe.StepProbe:
+        """Memory and speed of one optimizer step at this micro-batch size, as the job runs its steps."""
+        return batch_probe.probe(
+            lambda: self.fresh(lr), self.loss_fn, self.first_batch, batch_size, self.device,
+            timed_steps=timed_steps, step_settings=self.step_settings,
+        )  # fmt: skip
+
+    def first_batch(self, batch_size: int) -> tuple[Tensor, Tensor]:
+        return next(iter(self.data.batches(batch_size, self.spec.seed)))

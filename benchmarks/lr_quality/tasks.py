@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from lrbs.contract.job_spec import JobSpec
+from lrbs.schedules import SCHEDULES as ALL_SCHEDULES
 
-SCHEDULES = ("constant", "cosine", "one_cycle", "step", "exponential")
+SCHEDULES = tuple(ALL_SCHEDULES)  # every schedule in the table
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Fit lrbs's schedule-aware rule: LR = factor[schedule] × landmark, on the visible tasks.
 
-    python -m benchmarks.lr_quality.tune
+    python -m benchmarks.lr_quality.tune            # print the fit
+    python -m benchmarks.lr_quality.tune --write    # and write it to lrbs/schedule_fractions.json, which lrbs reads
 
 For each landmark a rule could read off the median range-test curve (lrbs's own suggestions, cached by
 run.py) and each schedule, it scans factors and scores each by the regret it would have, read off the
@@ -11,6 +12,7 @@ leave-one-task-out, which is the honest estimate for an unseen task.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import statistics
@@ -20,6 +22,7 @@ import numpy as np
 from benchmarks.lr_quality import grid
 from benchmarks.lr_quality.run import FINDER_SEEDS, SUGGESTIONS_FILE
 from benchmarks.lr_quality.tasks import SCHEDULES, TASKS
+from lrbs.schedules import FRACTIONS_FILE
 
 LANDMARKS = ("lowest", "minimum", "valley", "steepest", "slide")
 FACTORS = [float(f"{10 ** (e / 20):.4g}") for e in range(-50, 21)]  # 0.00316 … 10, 20 per decade
@@ -68,14 +71,24 @@ def safe_band(results, suggestions, tasks, schedule, landmark, factor, worst=0.2
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write", action="store_true", help=f"write the fit to {FRACTIONS_FILE}")
+    args = parser.parse_args()
     results = grid.load()
     suggestions = json.loads(SUGGESTIONS_FILE.read_text())
     names = [t.name for t in TASKS]
-    print("Fitted (landmark lowest; worker/suggest.py's PEAK_PER_LOWEST and SAFE_BAND, relative to it):")
+    fitted = {}
+    print("Fitted (landmark lowest; the schedule table's peak_per_lowest and safe_band, relative to it):")
     for schedule in SCHEDULES:
         factor, _ = best_factor(results, suggestions, names, schedule, "lowest")
         low, high = safe_band(results, suggestions, names, schedule, "lowest", factor)
-        print(f"  {schedule}: PEAK_PER_LOWEST {factor:.4g}, SAFE_BAND ({low:.2f}, {high:.2f})")
+        fitted[schedule] = {"peak_per_lowest": factor, "safe_band": [round(low, 4), round(high, 4)]}
+        print(f"  {schedule}: peak_per_lowest {factor:.4g}, safe_band ({low:.2f}, {high:.2f})")
+    if args.write:
+        payload = {"written_by": "python -m benchmarks.lr_quality.tune --write", "landmark": "lowest",
+                   "schedules": fitted}
+        FRACTIONS_FILE.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {FRACTIONS_FILE}")
     print()
     print("| schedule | landmark | factor | median regret | worst regret | leave-one-task-out median | worst |")
     print("|---|---|---|---|---|---|---|")

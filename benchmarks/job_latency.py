@@ -47,8 +47,12 @@ def main() -> None:
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "LRBS_DATABASE_URL": f"sqlite:///{tmp}/lrbs.db"}
-        server = subprocess.Popen([sys.executable, "-m", "lrbs", "serve", "--port", str(port)], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "lrbs", "serve", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
             while True:
@@ -69,8 +73,10 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, started, done, wall in rows:
         print(f"| {name} | {started:.2f} | {done:.2f} | {wall:.2f} |")
-    print(f"\nmedian POST → succeeded: {statistics.median(r[2] for r in rows):.2f} s "
-          f"(goal < 30 s); worst {max(r[2] for r in rows):.2f} s")
+    print(
+        f"\nmedian POST → succeeded: {statistics.median(r[2] for r in rows):.2f} s "
+        f"(goal < 30 s); worst {max(r[2] for r in rows):.2f} s"
+    )
 
 
 def run_one(http: httpx.Client, spec: dict) -> tuple[float, float, float]:

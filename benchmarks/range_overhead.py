@@ -93,8 +93,15 @@ def probe(
     sync(device)
     t0 = time.perf_counter()
     result = lr_range_test(
-        model, nn.functional.cross_entropy, opt, batches, min_lr=MIN_LR, max_lr=MAX_LR, num_steps=steps, step_settings=StepSettings(precision=precision, grad_accumulation_steps=accum),
-    )  # fmt: skip
+        model,
+        nn.functional.cross_entropy,
+        opt,
+        batches,
+        min_lr=MIN_LR,
+        max_lr=MAX_LR,
+        num_steps=steps,
+        step_settings=StepSettings(precision=precision, grad_accumulation_steps=accum),
+    )
     elapsed = time.perf_counter() - t0  # includes the model/optimizer copy the probe makes
     assert result.steps_run == steps, f"probe stopped early ({result.stop_reason}): lower MAX_LR"
     return elapsed

@@ -22,8 +22,14 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", "n_workers", default=1, show_default=True, type=int,
-              help="Worker processes started beside the service (0: none; start `lrbs worker` elsewhere).")
+@click.option(
+    "--workers",
+    "n_workers",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Worker processes started beside the service (0: none; start `lrbs worker` elsewhere).",
+)
 def serve(host: str, port: int, n_workers: int) -> None:
     """Start the service (LRBS_DATABASE_URL, default SQLite ./lrbs.db) with a worker beside it."""
     import uvicorn
@@ -40,11 +46,16 @@ def serve(host: str, port: int, n_workers: int) -> None:
     app = create_app(settings)  # fails here, before any worker starts, if the schema is not current
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     env = {**os.environ, "LRBS_WORKER_TOKEN": settings.worker_token}
+    # -P: the current folder is not put on sys.path, so a worker.py or lrbs/ lying there cannot stand in for ours.
     children = [
-        subprocess.Popen([sys.executable, "-P", "-m", "lrbs.worker", "--url", url, "--worker-id", f"embedded-{i}"],
-                         env=env, preexec_fn=_die_with_parent)
+        subprocess.Popen(
+            [sys.executable, "-P", "-m", "lrbs.worker", "--url", url, "--worker-id", f"embedded-{i}"],
+            env=env,
+            preexec_fn=_die_with_parent,
+        )
         for i in range(n_workers)
     ]
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
             app.state.draining = True

@@ -86,8 +86,7 @@ class Schedule:
                 f"total_iters={warmup})"
             )
             lines.append(
-                f"scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, {main}], "
-                f"milestones=[{warmup}])"
+                f"scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, {main}], milestones=[{warmup}])"
             )
         else:
             lines.append(f"scheduler = {main}")
@@ -133,9 +132,7 @@ class StepDecay(Schedule):
         return StepLR(optimizer, step_size=params["step_size"], gamma=params["gamma"])
 
     def main_code(self, params: dict[str, Any]) -> str:
-        return (
-            f"torch.optim.lr_scheduler.StepLR(optimizer, step_size={params['step_size']}, gamma={params['gamma']})"
-        )
+        return f"torch.optim.lr_scheduler.StepLR(optimizer, step_size={params['step_size']}, gamma={params['gamma']})"
 
 
 class Exponential(Schedule):

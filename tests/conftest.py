@@ -61,8 +61,7 @@ def database_url(request, tmp_path):
 
 @pytest.fixture
 def settings(database_url, tmp_path) -> Settings:
-    return Settings(database_url=database_url, worker_token=WORKER_TOKEN, auto_migrate=True,
-                    data_dir=tmp_path / "data")
+    return Settings(database_url=database_url, worker_token=WORKER_TOKEN, auto_migrate=True, data_dir=tmp_path / "data")
 
 
 @pytest.fixture
@@ -83,6 +82,7 @@ MINIMAL_SPEC = {
     "model": {"name": "mlp", "params": {"hidden": [32]}},
     "dataset": {"name": "synthetic_classification", "params": {"n_samples": 512}},
     "optimizer": {"name": "sgd", "params": {"momentum": 0.9}},
+    "device": "cpu",  # the tests assume the CPU: auto picks a GPU where one is
 }
 
 
@@ -95,8 +95,21 @@ def plugin_site(tmp_path_factory):
 
     target = tmp_path_factory.mktemp("site")
     source = Path(__file__).parent / "plugin_package"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(source)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+    )
     return target
 
 

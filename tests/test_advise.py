@@ -12,27 +12,39 @@ SWEEP = {"num_steps": 60, "batch_size": 16, "min_lr": 1e-4}  # short, but long e
 
 
 def job(**parts) -> JobSpec:
-    return JobSpec.model_validate({
-        "model": {"name": "mlp", "params": {"hidden": [16]}},
-        "dataset": {"name": "synthetic_classification", "params": {"n_samples": 256}},
-        "optimizer": {"name": "sgd", "params": {"momentum": 0.9}},
-        "lr_range": QUICK,
-        **parts,
-    })
+    return JobSpec.model_validate(
+        {
+            "model": {"name": "mlp", "params": {"hidden": [16]}},
+            "dataset": {"name": "synthetic_classification", "params": {"n_samples": 256}},
+            "optimizer": {"name": "sgd", "params": {"momentum": 0.9}},
+            "device": "cpu",  # the tests assume the CPU: auto picks a GPU where one is
+            "lr_range": QUICK,
+            **parts,
+        }
+    )
 
 
 def test_a_resnet_in_bf16_with_channels_last_and_clipping():
-    spec = job(model={"name": "resnet", "params": {"width": 4}},
-               dataset={"name": "synthetic_images", "params": {"n_samples": 128, "height": 8, "width": 8}},
-               precision="bf16", channels_last=True, grad_clip_norm=1.0)
+    spec = job(
+        model={"name": "resnet", "params": {"width": 4}},
+        dataset={"name": "synthetic_images", "params": {"n_samples": 128, "height": 8, "width": 8}},
+        precision="bf16",
+        channels_last=True,
+        grad_clip_norm=1.0,
+    )
     result = advise(spec)
-    assert result.steps_run > 0 and all(torch.isfinite(torch.tensor(result.curve.loss)))
+    assert result.steps_run > 0 and result.recommendation is not None
+    smoothed = result.curve.smoothed_loss
+    assert min(smoothed) < smoothed[0]  # bf16, channels-last and clipping still train
 
 
+@pytest.mark.slow
 def test_a_transformer_lm_on_token_streams():
-    spec = job(model={"name": "transformer_lm", "params": {"layers": 1, "d_model": 16, "heads": 2}},
-               dataset={"name": "synthetic_tokens", "params": {"n_samples": 64, "context": 8, "vocab_size": 20}},
-               optimizer={"name": "adamw"})
+    spec = job(
+        model={"name": "transformer_lm", "params": {"layers": 1, "d_model": 16, "heads": 2}},
+        dataset={"name": "synthetic_tokens", "params": {"n_samples": 64, "context": 8, "vocab_size": 20}},
+        optimizer={"name": "adamw"},
+    )
     assert spec.loss == "cross_entropy"
     assert advise(spec).steps_run > 0
 
@@ -64,8 +76,10 @@ def test_specs_refuse_mismatched_models_and_data():
     with pytest.raises(ValueError, match="channels_last applies to image data"):
         job(channels_last=True)
     with pytest.raises(ValueError, match="divisible by heads"):
-        job(model={"name": "transformer_lm", "params": {"d_model": 30, "heads": 4}},
-            dataset={"name": "synthetic_tokens"})
+        job(
+            model={"name": "transformer_lm", "params": {"d_model": 30, "heads": 4}},
+            dataset={"name": "synthetic_tokens"},
+        )
     with pytest.raises(ValueError, match="should match pattern"):
         job(device="tpu")
 
@@ -104,8 +118,13 @@ def test_thorough_confirms_with_short_trainings():
     assert rec.lr == best.lr and rec.rule.endswith("+confirm") and result.sweeps == 3
 
 
-@pytest.mark.parametrize("dataset", [{"name": "synthetic_classification", "params": {"n_samples": 256}},
-                                     {"name": "synthetic_classification", "params": {"n_samples": 256, "noise": 5.0}}])
+@pytest.mark.parametrize(
+    "dataset",
+    [
+        {"name": "synthetic_classification", "params": {"n_samples": 256}},
+        {"name": "synthetic_classification", "params": {"n_samples": 256, "noise": 5.0}},
+    ],
+)
 def test_standard_confirms_exactly_when_the_sweeps_disagree(dataset):
     rec = advise(job(dataset=dataset, train_steps=60, lr_range=SWEEP)).recommendation
     assert (rec.confirmation is not None) == (rec.confidence != "high")

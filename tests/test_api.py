@@ -77,28 +77,32 @@ def test_cancel_queued_then_conflict_when_ended(client):
 def test_worker_endpoints_need_the_token(client):
     r = client.post("/v1/worker/claim", json={"worker_id": "w", "wait_seconds": 0})
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-    r = client.post("/v1/worker/claim", json={"worker_id": "w", "wait_seconds": 0},
-                    headers={"Authorization": "Bearer wrong"})
+    r = client.post(
+        "/v1/worker/claim", json={"worker_id": "w", "wait_seconds": 0}, headers={"Authorization": "Bearer wrong"}
+    )
     assert r.status_code == 401
 
 
 def test_worker_protocol_round_trip(client):
-    assert client.post("/v1/worker/claim", json={"worker_id": "w", "wait_seconds": 0},
-                       headers=AUTH).status_code == 204
+    assert client.post("/v1/worker/claim", json={"worker_id": "w", "wait_seconds": 0}, headers=AUTH).status_code == 204
     job_id = submit(client).json()["id"]
     lease = client.post("/v1/worker/claim", json={"worker_id": "w", "wait_seconds": 0}, headers=AUTH).json()
     assert lease["job_id"] == job_id and lease["spec"]["loss"] == "cross_entropy"
     token = lease["lease_token"]
     progress = {"phase": "lr_range", "step": 10, "total": 100, "fraction": 0.1}
-    r = client.post(f"/v1/worker/jobs/{job_id}:heartbeat", json={"lease_token": token, "progress": progress},
-                    headers=AUTH)
+    r = client.post(
+        f"/v1/worker/jobs/{job_id}:heartbeat", json={"lease_token": token, "progress": progress}, headers=AUTH
+    )
     assert r.json() == {"cancel_requested": False}
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["state"] == "running" and job["progress"] == progress and job["worker_id"] == "w"
     r = client.post(f"/v1/worker/jobs/{job_id}:heartbeat", json={"lease_token": "stale"}, headers=AUTH)
     assert r.status_code == 409 and r.headers["content-type"] == PROBLEM
-    r = client.post(f"/v1/worker/jobs/{job_id}:fail",
-                    json={"lease_token": token, "message": "worker shut down", "retryable": True}, headers=AUTH)
+    r = client.post(
+        f"/v1/worker/jobs/{job_id}:fail",
+        json={"lease_token": token, "message": "worker shut down", "retryable": True},
+        headers=AUTH,
+    )
     assert r.status_code == 204
     assert client.get(f"/v1/jobs/{job_id}").json()["state"] == "queued"
 

@@ -40,8 +40,9 @@ def test_resnet_depth_and_width_grow_the_model():
 
 def test_resnet_learns_synthetic_images():
     torch.manual_seed(0)
-    spec = SyntheticImages(name="synthetic_images", params={"n_samples": 64, "channels": 3, "height": 8,
-                                                              "width": 8, "n_classes": 4})
+    spec = SyntheticImages(
+        name="synthetic_images", params={"n_samples": 64, "channels": 3, "height": 8, "width": 8, "n_classes": 4}
+    )
     data = builtin_data.builtin(spec)
     net = networks.resnet(3, 4, depth=1, width=8, stages=2)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
@@ -58,12 +59,14 @@ def test_resnet_learns_synthetic_images():
 # Transformer LM
 
 
+@pytest.mark.slow
 def test_transformer_lm_gives_logits_per_position():
     lm = tiny_lm(vocab_size=16, context=8)
     assert lm(torch.randint(16, (3, 8))).shape == (3, 8, 16)
     assert lm(torch.randint(16, (3, 5))).shape == (3, 5, 16)  # shorter than context is fine
 
 
+@pytest.mark.slow
 def test_transformer_lm_is_causal():
     lm = tiny_lm().eval()
     tokens = torch.randint(16, (2, 8))
@@ -74,6 +77,7 @@ def test_transformer_lm_is_causal():
     assert not torch.allclose(before[:, 5:], after[:, 5:])
 
 
+@pytest.mark.slow
 def test_transformer_lm_ties_head_to_embedding():
     lm = tiny_lm()
     assert lm.head.weight is lm.tok_emb.weight
@@ -81,16 +85,19 @@ def test_transformer_lm_ties_head_to_embedding():
     assert sum(p.shape == (16, 32) for p in lm.parameters()) == 1
 
 
+@pytest.mark.slow
 def test_transformer_lm_rejects_sequences_longer_than_context():
     with pytest.raises(ValueError, match="exceeds the model's context 8"):
         tiny_lm(context=8)(torch.randint(16, (1, 9)))
 
 
+@pytest.mark.slow
 def test_transformer_lm_learns_synthetic_tokens():
     torch.manual_seed(0)
     vocab = 32
-    data = builtin_data.builtin(SyntheticTokens(name="synthetic_tokens",
-                                              params={"n_samples": 256, "context": 16, "vocab_size": vocab}))
+    data = builtin_data.builtin(
+        SyntheticTokens(name="synthetic_tokens", params={"n_samples": 256, "context": 16, "vocab_size": vocab})
+    )
     lm = tiny_lm(vocab_size=vocab, context=16)
     opt = torch.optim.Adam(lm.parameters(), lr=3e-3)
     for _ in range(60):
@@ -107,8 +114,9 @@ def test_transformer_lm_learns_synthetic_tokens():
 
 
 def test_synthetic_tokens_match_their_shape_and_shift_by_one():
-    spec = SyntheticTokens(name="synthetic_tokens", params={"n_samples": 50, "context": 12, "vocab_size": 20},
-                             validation_fraction=0.2)
+    spec = SyntheticTokens(
+        name="synthetic_tokens", params={"n_samples": 50, "context": 12, "vocab_size": 20}, validation_fraction=0.2
+    )
     data, shape = builtin_data.builtin(spec), spec.shape()
     assert shape.input_shape == (12,) and shape.num_outputs == 20
     for x, y, n in [(data.x, data.y, 40), (data.x_val, data.y_val, 10)]:

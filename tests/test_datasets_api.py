@@ -58,8 +58,7 @@ def test_token_data_is_language_modelling(client):
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 50, (32, 17))
     r = upload(client, npz_bytes(x=tokens[:, :-1], y=tokens[:, 1:]), "tokens.npz")
-    assert r.json()["shape"] == {"task": "language_modeling", "input_shape": [16],
-                                 "num_outputs": int(tokens.max()) + 1}
+    assert r.json()["shape"] == {"task": "language_modeling", "input_shape": [16], "num_outputs": int(tokens.max()) + 1}
 
 
 def test_bad_files_get_422_saying_what_is_accepted(client):
@@ -118,11 +117,20 @@ def test_workers_download_the_canonical_npz_with_its_checksum(client):
 
 
 def test_workers_are_listed_with_what_they_can_run(client):
-    info = {"hostname": "gpu-7", "lrbs": "0.1.0", "torch": "2.13.0", "python": "3.11", "precisions": ["fp32"],
-            "devices": [{"name": "cpu"}], "builtins": {"models": ["mlp"]}, "plugin_modules": ["team"],
-            "plugins": {"model": ["team-resnet"]}}
-    assert client.post("/v1/worker/register", json={"worker_id": "gpu-7", "info": info},
-                       headers=AUTH).status_code == 204
+    info = {
+        "hostname": "gpu-7",
+        "lrbs": "0.1.0",
+        "torch": "2.13.0",
+        "python": "3.11",
+        "precisions": ["fp32"],
+        "devices": [{"name": "cpu"}],
+        "builtins": {"models": ["mlp"]},
+        "plugin_modules": ["team"],
+        "plugins": {"model": ["team-resnet"]},
+    }
+    assert (
+        client.post("/v1/worker/register", json={"worker_id": "gpu-7", "info": info}, headers=AUTH).status_code == 204
+    )
     job = client.post("/v1/jobs", json=MINIMAL_SPEC).json()
     client.post("/v1/worker/claim", json={"worker_id": "gpu-7", "wait_seconds": 0}, headers=AUTH)
     (worker,) = client.get("/v1/workers").json()["workers"]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 
 from tests.conftest import MINIMAL_SPEC, WORKER_TOKEN
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]  # real uvicorn servers and worker processes
 
 
 def free_port() -> int:
@@ -27,10 +28,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str], log_path):
+def process(args: list[str], env: dict[str, str], log_path, cwd=None, program: str = sys.executable):
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, *args], env={**os.environ, **env}, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [program, *args], env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=cwd
+        )
     try:
         yield proc
     finally:
@@ -44,15 +46,28 @@ def process(args: list[str], env: dict[str, str], log_path):
 
 
 @contextmanager
-def service(database_url: str, tmp_path, workers: int = 1, **settings: str):
-    """`lrbs serve` on a free port; yields an httpx client pointed at it."""
+def service(database_url: str, tmp_path, workers: int = 1, cwd=None, **settings: str):
+    """`lrbs serve` on a free port; yields an httpx client pointed at it. With `cwd`, the installed `lrbs`
+    command is started from that folder, as a user would."""
     port = free_port()
-    env = {"LRBS_DATABASE_URL": database_url, "LRBS_WORKER_TOKEN": WORKER_TOKEN, "LRBS_AUTO_MIGRATE": "1",
-           "LRBS_DATA_DIR": str(tmp_path / "data"), **{f"LRBS_{k.upper()}": v for k, v in settings.items()}}
-    args = ["-m", "lrbs", "serve", "--port", str(port), "--workers", str(workers)]
-    with process(args, env, tmp_path / "service.log") as proc, httpx.Client(
-        base_url=f"http://127.0.0.1:{port}", timeout=30
-    ) as http:
+    env = {
+        "LRBS_DATABASE_URL": database_url,
+        "LRBS_WORKER_TOKEN": WORKER_TOKEN,
+        "LRBS_AUTO_MIGRATE": "1",
+        "LRBS_DATA_DIR": str(tmp_path / "data"),
+        **{f"LRBS_{k.upper()}": v for k, v in settings.items()},
+    }
+    args = ["serve", "--port", str(port), "--workers", str(workers)]
+    if cwd is None:
+        launch = process(["-m", "lrbs", *args], env, tmp_path / "service.log")
+    else:
+        launch = process(
+            args, env, tmp_path / "service.log", cwd=cwd, program=str(Path(sys.executable).parent / "lrbs")
+        )
+    with (
+        launch as proc,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
+    ):
         deadline = time.monotonic() + 60
         while True:
             assert proc.poll() is None, (tmp_path / "service.log").read_text()
@@ -93,6 +108,17 @@ def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path}/lrbs.db"
 
 
+def test_a_folder_holding_worker_code_cannot_replace_the_embedded_worker(tmp_path):
+    """`lrbs serve` started where a worker.py or an lrbs/ folder lies still runs lrbs's own worker."""
+    project = tmp_path / "project"
+    (project / "lrbs" / "worker").mkdir(parents=True)
+    for decoy in ("worker.py", "lrbs/__init__.py", "lrbs/worker/__init__.py", "lrbs/worker/__main__.py"):
+        (project / decoy).write_text("raise SystemExit('a decoy from the current folder was imported')\n")
+    with service(sqlite_url(tmp_path), tmp_path, cwd=project) as http:
+        job = wait_for(http, http.post("/v1/jobs", json=MINIMAL_SPEC).json()["id"], timeout=90)
+    assert job["state"] == "succeeded", (tmp_path / "service.log").read_text()[-3000:]
+
+
 def test_default_spec_gets_a_recommendation_in_the_falling_region_and_survives_a_restart(tmp_path):
     url = sqlite_url(tmp_path)
     with service(url, tmp_path) as http:
@@ -119,8 +145,11 @@ def test_default_spec_gets_a_recommendation_in_the_falling_region_and_survives_a
 
 
 def test_cancel_a_running_job(tmp_path):
-    long_job = {**MINIMAL_SPEC, "model": {"name": "mlp", "params": {"hidden": [512, 512]}},
-                "lr_range": {"num_steps": 10_000, "max_lr": 1e-3}}
+    long_job = {
+        **MINIMAL_SPEC,
+        "model": {"name": "mlp", "params": {"hidden": [512, 512]}},
+        "lr_range": {"num_steps": 10_000, "max_lr": 1e-3},
+    }
     with service(sqlite_url(tmp_path), tmp_path) as http:
         job_id = http.post("/v1/jobs", json=long_job).json()["id"]
         wait_for_progress(http, job_id)
@@ -130,8 +159,11 @@ def test_cancel_a_running_job(tmp_path):
 
 
 def test_two_workers_never_run_the_same_job(database_url, tmp_path):
-    with service(database_url, tmp_path, workers=0) as http, worker(http.port, tmp_path, "a"), \
-            worker(http.port, tmp_path, "b"):
+    with (
+        service(database_url, tmp_path, workers=0) as http,
+        worker(http.port, tmp_path, "a"),
+        worker(http.port, tmp_path, "b"),
+    ):
         ids = [http.post("/v1/jobs", json={**MINIMAL_SPEC, "seed": i}).json()["id"] for i in range(6)]
         jobs = [wait_for(http, job_id) for job_id in ids]
     assert all(j["state"] == "succeeded" for j in jobs), jobs
@@ -140,10 +172,12 @@ def test_two_workers_never_run_the_same_job(database_url, tmp_path):
 
 
 def test_a_killed_worker_loses_no_job(tmp_path):
-    slow = {**MINIMAL_SPEC, "model": {"name": "mlp", "params": {"hidden": [256, 256]}},
-            "lr_range": {"num_steps": 2000, "max_lr": 1e-3, "batch_size": 32}}
-    with service(sqlite_url(tmp_path), tmp_path, workers=0, lease_seconds="3",
-                 reap_interval_seconds="0.5") as http:
+    slow = {
+        **MINIMAL_SPEC,
+        "model": {"name": "mlp", "params": {"hidden": [256, 256]}},
+        "lr_range": {"num_steps": 2000, "max_lr": 1e-3, "batch_size": 32},
+    }
+    with service(sqlite_url(tmp_path), tmp_path, workers=0, lease_seconds="3", reap_interval_seconds="0.5") as http:
         with worker(http.port, tmp_path, "doomed") as doomed:
             job_id = http.post("/v1/jobs", json=slow).json()["id"]
             wait_for_progress(http, job_id)
@@ -154,8 +188,11 @@ def test_a_killed_worker_loses_no_job(tmp_path):
     assert job["state"] == "succeeded" and job["attempts"] == 2 and job["worker_id"] == "rescuer"
 
 
-SLOW_JOB = {**MINIMAL_SPEC, "model": {"name": "mlp", "params": {"hidden": [256, 256]}},
-            "lr_range": {"num_steps": 5000, "max_lr": 1e-3, "batch_size": 32}}
+SLOW_JOB = {
+    **MINIMAL_SPEC,
+    "model": {"name": "mlp", "params": {"hidden": [256, 256]}},
+    "lr_range": {"num_steps": 5000, "max_lr": 1e-3, "batch_size": 32},
+}
 
 
 def test_sigterm_hands_the_running_job_back(tmp_path):
@@ -184,18 +221,30 @@ def test_a_plugin_model_on_an_uploaded_dataset(tmp_path, plugin_site):
     np.savez(buf, x=(centers[y] + rng.normal(size=(400, 6))).astype(np.float32), y=y)
     mark = tmp_path / "evil-imported"
     with service(sqlite_url(tmp_path), tmp_path, workers=0) as http:
-        env = {"LRBS_WORKER_TOKEN": WORKER_TOKEN, "PYTHONPATH": str(plugin_site),
-               "LRBS_PLUGIN_MODULES": "lrbs_test_plugins", "LRBS_CACHE_DIR": str(tmp_path / "cache"),
-               "LRBS_TEST_EVIL_MARK": str(mark)}
+        env = {
+            "LRBS_WORKER_TOKEN": WORKER_TOKEN,
+            "PYTHONPATH": str(plugin_site),
+            "LRBS_PLUGIN_MODULES": "lrbs_test_plugins",
+            "LRBS_CACHE_DIR": str(tmp_path / "cache"),
+            "LRBS_TEST_EVIL_MARK": str(mark),
+        }
         args = ["-m", "lrbs.worker", "--url", f"http://127.0.0.1:{http.port}", "--worker-id", "team", "--wait", "5"]
         with process(args, env, tmp_path / "team.log"):
             dataset = http.post("/v1/datasets", files={"file": ("blobs.npz", buf.getvalue())}).json()
-            spec = {"model": {"source": "plugin", "name": "team-mlp", "params": {"hidden": 16}},
-                    "dataset": {"source": "upload", "id": dataset["id"]},
-                    "optimizer": {"name": "adam"}, "lr_range": {"num_steps": 60, "batch_size": 32}}
+            spec = {
+                "model": {"source": "plugin", "name": "team-mlp", "params": {"hidden": 16}},
+                "dataset": {"source": "upload", "id": dataset["id"]},
+                "optimizer": {"name": "adam"},
+                "device": "cpu",  # the tests assume the CPU: auto picks a GPU where one is
+                "lr_range": {"num_steps": 60, "batch_size": 32},
+            }
             ok = wait_for(http, http.post("/v1/jobs", json=spec).json()["id"])
-            refused = wait_for(http, http.post("/v1/jobs", json={
-                **spec, "model": {"source": "plugin", "name": "lrbs_test_evil:model"}}).json()["id"])
+            refused = wait_for(
+                http,
+                http.post(
+                    "/v1/jobs", json={**spec, "model": {"source": "plugin", "name": "lrbs_test_evil:model"}}
+                ).json()["id"],
+            )
             (worker,) = http.get("/v1/workers").json()["workers"]
     assert ok["state"] == "succeeded", ok
     assert ok["result"]["recommendation"]["lr"] > 0
@@ -206,8 +255,12 @@ def test_a_plugin_model_on_an_uploaded_dataset(tmp_path, plugin_site):
 
 
 def test_batch_size_advice_over_http(tmp_path):
-    spec = {**MINIMAL_SPEC, "batch_sizes": {"auto": True, "min": 16, "max": 128}, "target_effective_batch": 256,
-            "lr_range": {"batch_size": 32, "thoroughness": "quick"}}
+    spec = {
+        **MINIMAL_SPEC,
+        "batch_sizes": {"auto": True, "min": 16, "max": 128},
+        "target_effective_batch": 256,
+        "lr_range": {"batch_size": 32, "thoroughness": "quick"},
+    }
     with service(sqlite_url(tmp_path), tmp_path) as http:
         r = http.post("/v1/jobs", json={**spec, "batch_sizes": {"auto": True, "min": 64, "max": 8}})
         assert r.status_code == 422 and "must not exceed" in r.json()["detail"]

@@ -20,7 +20,9 @@ def a_result() -> Result:
     return Result(
         curve=Curve(lr=[1e-3, 1e-2], loss=[2.0, 1.0], smoothed_loss=[2.0, 1.5]),
         suggestions={"valley": SuggestionOut(lr=1e-2, reason="test")},
-        stop_reason="completed", steps_run=2, wall_time_s=0.1,
+        stop_reason="completed",
+        steps_run=2,
+        wall_time_s=0.1,
         environment=Environment(device="cpu", torch="x", python="x", lrbs="x"),
     )
 

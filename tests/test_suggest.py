@@ -212,8 +212,13 @@ def _s(lr: float | None, reason: str = "because") -> Suggestion:
 
 def test_choose_reads_where_the_loss_bottoms_out_and_scales_it_by_schedule():
     at_min = 3e-2
-    suggestions = {"steepest": _s(1e-3), "valley": _s(2e-3), "minimum": _s(3e-3), "slide": _s(4e-3),
-                   "lowest": _s(at_min)}
+    suggestions = {
+        "steepest": _s(1e-3),
+        "valley": _s(2e-3),
+        "minimum": _s(3e-3),
+        "slide": _s(4e-3),
+        "lowest": _s(at_min),
+    }
     constant, cosine = choose(suggestions, "constant"), choose(suggestions, "cosine")
     assert constant.rule == "lowest×schedule"
     assert constant.lr == pytest.approx(SCHEDULES["constant"].peak_per_lowest * at_min)

@@ -89,8 +89,12 @@ def test_npz_regression_targets_become_float32_columns(tmp_path):
 
 
 def test_npz_regression_with_several_targets_and_validation(tmp_path):
-    arrays = {"x": rng.normal(size=(30, 8)), "y": rng.normal(size=(30, 3)).astype(np.float32),
-              "x_val": rng.normal(size=(5, 8)), "y_val": rng.normal(size=(5, 3))}
+    arrays = {
+        "x": rng.normal(size=(30, 8)),
+        "y": rng.normal(size=(30, 3)).astype(np.float32),
+        "x_val": rng.normal(size=(5, 8)),
+        "y_val": rng.normal(size=(5, 3)),
+    }
     parsed = parse_upload(npz(tmp_path, **arrays), "d.npz")
     assert parsed.shape.task == "regression"
     assert parsed.shape.num_outputs == 3
@@ -180,14 +184,24 @@ def test_x_and_y_of_different_lengths(tmp_path):
 
 
 def test_validation_samples_must_be_shaped_like_the_training_ones(tmp_path):
-    path = npz(tmp_path, x=rng.normal(size=(10, 2)), y=np.arange(10) % 2,
-               x_val=rng.normal(size=(3, 5)), y_val=np.array([0, 1, 0]))
+    path = npz(
+        tmp_path,
+        x=rng.normal(size=(10, 2)),
+        y=np.arange(10) % 2,
+        x_val=rng.normal(size=(3, 5)),
+        y_val=np.array([0, 1, 0]),
+    )
     assert_upload_error(path, "d.npz", "x_val has samples of shape [5] but x has [2]")
 
 
 def test_validation_arrays_must_hold_the_same_kind_of_numbers(tmp_path):
-    path = npz(tmp_path, x=rng.normal(size=(10, 2)), y=np.arange(10) % 2,
-               x_val=rng.normal(size=(3, 2)), y_val=np.array([0.5, 1.0, 0.0]))
+    path = npz(
+        tmp_path,
+        x=rng.normal(size=(10, 2)),
+        y=np.arange(10) % 2,
+        x_val=rng.normal(size=(3, 2)),
+        y_val=np.array([0.5, 1.0, 0.0]),
+    )
     assert_upload_error(path, "d.npz", "y_val has dtype float64 but y has int64")
 
 
@@ -219,10 +233,15 @@ def test_a_single_sample_is_not_a_dataset(tmp_path):
     assert_upload_error(path, "d.npz", "1 sample", "at least 2")
 
 
-@pytest.mark.parametrize(("y", "dtype"), [(np.array([True, False, True]), "bool"),
-                                          (np.array([1 + 1j, 2, 3]), "complex128"),
-                                          (np.array(["a", "b", "c"]), "<U1"),
-                                          (np.array(["2024-01-01"] * 3, dtype="datetime64[D]"), "datetime64[D]")])
+@pytest.mark.parametrize(
+    ("y", "dtype"),
+    [
+        (np.array([True, False, True]), "bool"),
+        (np.array([1 + 1j, 2, 3]), "complex128"),
+        (np.array(["a", "b", "c"]), "<U1"),
+        (np.array(["2024-01-01"] * 3, dtype="datetime64[D]"), "datetime64[D]"),
+    ],
+)
 def test_non_numeric_dtypes_name_the_array_and_dtype(tmp_path, y, dtype):
     assert_upload_error(npz(tmp_path, x=rng.normal(size=(3, 2)), y=y), "d.npz", f"y has dtype {dtype}")
 

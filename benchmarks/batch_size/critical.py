@@ -92,8 +92,9 @@ def _next_eval(step: int) -> int:
     return step + max(1, int(EVAL_GAP * step))
 
 
-def loss_curve(task: Task, batch_size: int, lr: float, seed: int, max_steps: int,
-               stop_at: float = -math.inf) -> tuple[list[int], list[float], bool]:
+def loss_curve(
+    task: Task, batch_size: int, lr: float, seed: int, max_steps: int, stop_at: float = -math.inf
+) -> tuple[list[int], list[float], bool]:
     """(steps, validation losses, diverged) at the eval points, until the loss is ≤ stop_at or max_steps."""
     from benchmarks.lr_quality.training import build
     from lrbs.worker.probes.train import evaluate
@@ -201,8 +202,9 @@ def targets(name: str, results: dict[str, dict]) -> dict[float, float]:
     return {f: float(f"{untrained - f * (untrained - best):.5g}") for f in FRACTIONS}
 
 
-def _grid_jobs(name: str, batch: int, indices: Iterable[int], stop_at: float,
-               seeds: tuple[int, ...] = SEEDS) -> list[Job]:
+def _grid_jobs(
+    name: str, batch: int, indices: Iterable[int], stop_at: float, seeds: tuple[int, ...] = SEEDS
+) -> list[Job]:
     setup = SETUPS[name]
     return [(name, batch, GRID[i], s, setup.max_steps, stop_at) for i in sorted(indices) for s in seeds]
 
@@ -212,11 +214,20 @@ def mean_steps(results: dict[str, dict], job_keys: list[str], target: float) -> 
     return math.inf if None in counts else float(np.mean(counts))
 
 
-def _by_lr(name: str, batch: int, indices: Iterable[int], stop_at: float, results: dict[str, dict],
-           target: float, seeds: tuple[int, ...] = SEEDS) -> dict[int, float]:
+def _by_lr(
+    name: str,
+    batch: int,
+    indices: Iterable[int],
+    stop_at: float,
+    results: dict[str, dict],
+    target: float,
+    seeds: tuple[int, ...] = SEEDS,
+) -> dict[int, float]:
     """GRID index → mean steps to target over seeds."""
-    return {i: mean_steps(results, [key(*j) for j in _grid_jobs(name, batch, [i], stop_at, seeds)], target)
-            for i in sorted(indices)}
+    return {
+        i: mean_steps(results, [key(*j) for j in _grid_jobs(name, batch, [i], stop_at, seeds)], target)
+        for i in sorted(indices)
+    }
 
 
 def _first_window(name: str, batch: int) -> set[int]:
@@ -279,8 +290,7 @@ def fit(batches: list[int], steps: list[float], relative: bool = True) -> tuple[
 
 
 def _indices_tried(name: str, batch: int, stop_at: float, results: dict[str, dict]) -> list[int]:
-    return [i for i in range(len(GRID))
-            if all(key(*j) in results for j in _grid_jobs(name, batch, [i], stop_at))]
+    return [i for i in range(len(GRID)) if all(key(*j) in results for j in _grid_jobs(name, batch, [i], stop_at))]
 
 
 @cache
@@ -288,8 +298,9 @@ def _results() -> dict[str, dict]:
     return load()
 
 
-def _rows(name: str, target: float, stop_at: float, results: dict[str, dict],
-          seeds: tuple[int, ...] = SEEDS) -> dict[int, dict]:
+def _rows(
+    name: str, target: float, stop_at: float, results: dict[str, dict], seeds: tuple[int, ...] = SEEDS
+) -> dict[int, dict]:
     """Per batch size the tuned LR (fewest mean steps; ties: the lower LR), its mean steps and samples."""
     rows = {}
     for b in SETUPS[name].batch_sizes:
@@ -323,15 +334,31 @@ def critical_batch(task_name: str, fraction: float = FRACTION, results: dict[str
     rows = _rows(task_name, target, stop_at, results)
     s_min, b_crit = _fit_rows(rows)
     s_min_plain, b_crit_plain = _fit_rows(rows, relative=False)
-    left_out = [_fit_rows(_rows(task_name, target, stop_at, results, tuple(x for x in SEEDS if x != seed)))[1]
-                for seed in SEEDS] if len(SEEDS) > 2 else [b_crit]
+    left_out = (
+        [
+            _fit_rows(_rows(task_name, target, stop_at, results, tuple(x for x in SEEDS if x != seed)))[1]
+            for seed in SEEDS
+        ]
+        if len(SEEDS) > 2
+        else [b_crit]
+    )
     finite = {b: r["steps"] for b, r in rows.items() if r["steps"] is not None}
     untrained, best = reference(task_name, results)
-    return {"task": task_name, "fraction": fraction, "target": target, "untrained": untrained, "best": best,
-            "S_min": s_min, "B_crit": b_crit, "E_min": s_min * b_crit,
-            "B_crit_range": (float(np.nanmin(left_out)), float(np.nanmax(left_out))),
-            "S_min_plain": s_min_plain, "B_crit_plain": b_crit_plain,
-            "fastest": min(finite, key=finite.get) if finite else None, "batches": rows}
+    return {
+        "task": task_name,
+        "fraction": fraction,
+        "target": target,
+        "untrained": untrained,
+        "best": best,
+        "S_min": s_min,
+        "B_crit": b_crit,
+        "E_min": s_min * b_crit,
+        "B_crit_range": (float(np.nanmin(left_out)), float(np.nanmax(left_out))),
+        "S_min_plain": s_min_plain,
+        "B_crit_plain": b_crit_plain,
+        "fastest": min(finite, key=finite.get) if finite else None,
+        "batches": rows,
+    }
 
 
 # ---- report ------------------------------------------------------------------------------------------
@@ -355,30 +382,43 @@ def main() -> None:
     for name in args.tasks:
         c = critical_batch(name, results=results)
         summary.append(c)
-        print(f"\n## {name}\n\ntarget {c['target']:.4g} = {FRACTION:g} of the way from untrained "
-              f"{c['untrained']:.4g} to best {c['best']:.4g}; seeds {SEEDS}\n")
+        print(
+            f"\n## {name}\n\ntarget {c['target']:.4g} = {FRACTION:g} of the way from untrained "
+            f"{c['untrained']:.4g} to best {c['best']:.4g}; seeds {SEEDS}\n"
+        )
         print("| batch | tuned LR | steps to target (mean) | samples to target | fit S_min(1+B_crit/B) |")
         print("|---:|---:|---:|---:|---:|")
         for b, r in c["batches"].items():
             fitted = c["S_min"] * (1 + c["B_crit"] / b)
-            print(f"| {b} | {r['lr']:.3g} | {_fmt(r['steps'], '.1f')} | {_fmt(r['samples'], '.0f')} "
-                  f"| {_fmt(fitted, '.1f')} |")
+            print(
+                f"| {b} | {r['lr']:.3g} | {_fmt(r['steps'], '.1f')} | {_fmt(r['samples'], '.0f')} "
+                f"| {_fmt(fitted, '.1f')} |"
+            )
         print("\nB_crit against the target (LR re-tuned per target from the same runs):\n")
-        print("| fraction | target | S(B) for B = " + ", ".join(map(str, SETUPS[name].batch_sizes))
-              + " | S_min | B_crit | B_crit, one seed left out | E_min | B_crit (plain LS) |")
+        print(
+            "| fraction | target | S(B) for B = "
+            + ", ".join(map(str, SETUPS[name].batch_sizes))
+            + " | S_min | B_crit | B_crit, one seed left out | E_min | B_crit (plain LS) |"
+        )
         print("|---:|---:|---|---:|---:|---:|---:|---:|")
         for f in FRACTIONS:
             cf = critical_batch(name, f, results=results)
             curve = " ".join(_fmt(r["steps"], ".0f") for r in cf["batches"].values())
-            print(f"| {f:g} | {cf['target']:.4g} | {curve} | {_fmt(cf['S_min'])} | {_fmt(cf['B_crit'])} "
-                  f"| {_range(cf['B_crit_range'])} | {_fmt(cf['E_min'])} | {_fmt(cf['B_crit_plain'])} |")
+            print(
+                f"| {f:g} | {cf['target']:.4g} | {curve} | {_fmt(cf['S_min'])} | {_fmt(cf['B_crit'])} "
+                f"| {_range(cf['B_crit_range'])} | {_fmt(cf['E_min'])} | {_fmt(cf['B_crit_plain'])} |"
+            )
     print("\n## Summary\n")
-    print("| task | target | S_min | B_crit (fit) | B_crit, one seed left out | E_min (samples) | B_crit (plain LS) "
-          "| fewest steps at B |")
+    print(
+        "| task | target | S_min | B_crit (fit) | B_crit, one seed left out | E_min (samples) | B_crit (plain LS) "
+        "| fewest steps at B |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for c in summary:
-        print(f"| {c['task']} | {c['target']:.4g} | {_fmt(c['S_min'])} | {_fmt(c['B_crit'])} "
-              f"| {_range(c['B_crit_range'])} | {_fmt(c['E_min'])} | {_fmt(c['B_crit_plain'])} | {c['fastest']} |")
+        print(
+            f"| {c['task']} | {c['target']:.4g} | {_fmt(c['S_min'])} | {_fmt(c['B_crit'])} "
+            f"| {_range(c['B_crit_range'])} | {_fmt(c['E_min'])} | {_fmt(c['B_crit_plain'])} | {c['fastest']} |"
+        )
     print(f"\ntotal {time.perf_counter() - started:.0f} s ({len(results)} runs in the cache)")
 
 

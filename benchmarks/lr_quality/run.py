@@ -45,8 +45,9 @@ def lrbs_suggestions(task: Task, finder_seed: int) -> dict[str, dict]:
         out[f"lrbs recommended|{schedule}"] = {"lr": rec.lr if rec else None, "wall_time_s": result.wall_time_s}
         for rule in LRBS_RULES:
             out[f"lrbs {rule}|{schedule}"] = {"lr": result.suggestions[rule].lr, "wall_time_s": result.wall_time_s}
-        thorough = advise(task.job(schedule, seed=finder_seed, train_steps=task.steps,
-                                   lr_range={"thoroughness": "thorough"}))
+        thorough = advise(
+            task.job(schedule, seed=finder_seed, train_steps=task.steps, lr_range={"thoroughness": "thorough"})
+        )
         rec = thorough.recommendation
         out[f"lrbs thorough|{schedule}"] = {"lr": rec.lr if rec else None, "wall_time_s": thorough.wall_time_s}
     return out
@@ -56,8 +57,11 @@ def anchor_suggestions(task: Task, finder_seed: int) -> dict[str, dict]:
     from benchmarks.lr_quality.anchors import lightning_suggestion, torch_lr_finder_suggestion
 
     spec, data, model, loss_fn, optimizer = build(task, finder_seed, 1e-7)
-    found = {"pytorch-lr-finder": torch_lr_finder_suggestion(
-        model, loss_fn, optimizer, data.batches(task.batch_size, finder_seed), min_lr=1e-7, max_lr=10.0)}
+    found = {
+        "pytorch-lr-finder": torch_lr_finder_suggestion(
+            model, loss_fn, optimizer, data.batches(task.batch_size, finder_seed), min_lr=1e-7, max_lr=10.0
+        )
+    }
     spec, data, model, loss_fn, _ = build(task, finder_seed, 1e-7)
     from lrbs.worker.factories import make_optimizer as build_optimizer
 
@@ -66,8 +70,11 @@ def anchor_suggestions(task: Task, finder_seed: int) -> dict[str, dict]:
 
     batches = data.batches(task.batch_size, finder_seed)
     found["lightning"] = lightning_suggestion(model, loss_fn, make_optimizer, batches)
-    return {f"{name}|{schedule}": {"lr": s.lr, "wall_time_s": s.wall_time_s}
-            for name, s in found.items() for schedule in SCHEDULES}
+    return {
+        f"{name}|{schedule}": {"lr": s.lr, "wall_time_s": s.wall_time_s}
+        for name, s in found.items()
+        for schedule in SCHEDULES
+    }
 
 
 def collect(methods: set[str], refresh: set[str]) -> dict[str, dict]:
@@ -101,8 +108,13 @@ def regret(results: dict[str, float], task: str, schedule: str, lr: float | None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="*", default=["lrbs", "anchors"], choices=["lrbs", "anchors"])
-    parser.add_argument("--refresh", nargs="*", default=[], choices=["lrbs", "anchors"],
-                        help="recompute these suggestions instead of reading the cache")
+    parser.add_argument(
+        "--refresh",
+        nargs="*",
+        default=[],
+        choices=["lrbs", "anchors"],
+        help="recompute these suggestions instead of reading the cache",
+    )
     parser.add_argument("--suggest-only", action="store_true", help="collect suggestions (for tune.py), train nothing")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -111,11 +123,14 @@ def main() -> None:
     suggestions = collect(set(args.methods), set(args.refresh))
     if args.suggest_only:
         return
-    samples = [(task.name, fs, method, schedule, rounded(v["lr"]), v["wall_time_s"])
-               for task in TASKS for fs in FINDER_SEEDS
-               for k, v in suggestions[f"{task.name}|{fs}"].items()
-               for method, schedule in [k.split("|")]
-               if method != "lrbs lowest"]  # a landmark (where the loss bottoms out), not an LR to train at
+    samples = [
+        (task.name, fs, method, schedule, rounded(v["lr"]), v["wall_time_s"])
+        for task in TASKS
+        for fs in FINDER_SEEDS
+        for k, v in suggestions[f"{task.name}|{fs}"].items()
+        for method, schedule in [k.split("|")]
+        if method != "lrbs lowest"
+    ]  # a landmark (where the loss bottoms out), not an LR to train at
     jobs = [(t, sch, lr, seed) for t, _, _, sch, lr, _ in samples if lr is not None for seed in grid.SEEDS]
     results = grid.load()
     results.update(grid.train_many(jobs, TRAINED_FILE))
@@ -124,35 +139,54 @@ def main() -> None:
 
 def report(samples, results) -> None:
     order = ("lrbs recommended", "lrbs thorough")
-    methods = sorted({m for _, _, m, *_ in samples},
-                     key=lambda m: (m not in order, order.index(m) if m in order else 0, m))
-    lines = ["# LR advice against grid search", "",
-             f"{len(TASKS)} tasks × {len(SCHEDULES)} schedules × {len(FINDER_SEEDS)} finder seeds; "
-             f"grid {len(grid.GRID)} LRs ({grid.POINTS_PER_DECADE}/decade, {grid.GRID[0]:g}–{grid.GRID[-1]:g}), "
-             f"{len(grid.SEEDS)} training seeds; torch {torch.__version__}, CPU. Cells: the regret of each finder "
-             "seed's suggestion; ∞ = the run diverged or the method gave no LR.", ""]
+    methods = sorted(
+        {m for _, _, m, *_ in samples}, key=lambda m: (m not in order, order.index(m) if m in order else 0, m)
+    )
+    lines = [
+        "# LR advice against grid search",
+        "",
+        f"{len(TASKS)} tasks × {len(SCHEDULES)} schedules × {len(FINDER_SEEDS)} finder seeds; "
+        f"grid {len(grid.GRID)} LRs ({grid.POINTS_PER_DECADE}/decade, {grid.GRID[0]:g}–{grid.GRID[-1]:g}), "
+        f"{len(grid.SEEDS)} training seeds; torch {torch.__version__}, CPU. Cells: the regret of each finder "
+        "seed's suggestion; ∞ = the run diverged or the method gave no LR.",
+        "",
+    ]
     for task in TASKS:
-        lines += [f"## {task.name}", "", "| method | " + " | ".join(SCHEDULES) + " |",
-                  "|---|" + "---|" * len(SCHEDULES)]
+        lines += [
+            f"## {task.name}",
+            "",
+            "| method | " + " | ".join(SCHEDULES) + " |",
+            "|---|" + "---|" * len(SCHEDULES),
+        ]
         for method in methods:
             cells = []
             for schedule in SCHEDULES:
-                rs = [regret(results, task.name, schedule, lr) for t, _, m, sch, lr, _ in samples
-                      if t == task.name and m == method and sch == schedule]
+                rs = [
+                    regret(results, task.name, schedule, lr)
+                    for t, _, m, sch, lr, _ in samples
+                    if t == task.name and m == method and sch == schedule
+                ]
                 cells.append(" ".join(_pct(r) for r in rs))
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
-    for title, schedules in [("the issue's three schedules: constant, cosine, one_cycle", MAIN_SCHEDULES),
-                             ("all five schedules", SCHEDULES)]:
-        lines += [f"## Summary over {title} (all tasks and finder seeds)", "",
-                  "| method | median regret | worst regret | within 2% | probe wall time per job (median s) |",
-                  "|---|---|---|---|---|"]
+    for title, schedules in [
+        ("the issue's three schedules: constant, cosine, one_cycle", MAIN_SCHEDULES),
+        ("all five schedules", SCHEDULES),
+    ]:
+        lines += [
+            f"## Summary over {title} (all tasks and finder seeds)",
+            "",
+            "| method | median regret | worst regret | within 2% | probe wall time per job (median s) |",
+            "|---|---|---|---|---|",
+        ]
         for method in methods:
             picked = [(t, sch, lr, wall) for t, _, m, sch, lr, wall in samples if m == method and sch in schedules]
             rs = [regret(results, t, sch, lr) for t, sch, lr, _ in picked]
             within = sum(r <= 0.02 for r in rs) / len(rs)
-            lines.append(f"| {method} | {_pct(statistics.median(rs))} | {_pct(max(rs))} | {within:.0%} | "
-                         f"{statistics.median(w for *_, w in picked):.2f} |")
+            lines.append(
+                f"| {method} | {_pct(statistics.median(rs))} | {_pct(max(rs))} | {within:.0%} | "
+                f"{statistics.median(w for *_, w in picked):.2f} |"
+            )
         lines.append("")
     text = "\n".join(lines)
     RESULTS_FILE.write_text(text + "\n")

@@ -85,8 +85,11 @@ def main() -> None:
         fitted[schedule] = {"peak_per_lowest": factor, "safe_band": [round(low, 4), round(high, 4)]}
         print(f"  {schedule}: peak_per_lowest {factor:.4g}, safe_band ({low:.2f}, {high:.2f})")
     if args.write:
-        payload = {"written_by": "python -m benchmarks.lr_quality.tune --write", "landmark": "lowest",
-                   "schedules": fitted}
+        payload = {
+            "written_by": "python -m benchmarks.lr_quality.tune --write",
+            "landmark": "lowest",
+            "schedules": fitted,
+        }
         FRACTIONS_FILE.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {FRACTIONS_FILE}")
     print()
@@ -99,8 +102,10 @@ def main() -> None:
             for held in names:
                 f, _ = best_factor(results, suggestions, [n for n in names if n != held], schedule, landmark)
                 loo += score(results, suggestions, [held], schedule, landmark, f)
-            print(f"| {schedule} | {landmark} | {factor:g} | {statistics.median(regrets):.1%} | {max(regrets):.1%} | "
-                  f"{statistics.median(loo):.1%} | {max(loo):.1%} |")
+            print(
+                f"| {schedule} | {landmark} | {factor:g} | {statistics.median(regrets):.1%} | {max(regrets):.1%} | "
+                f"{statistics.median(loo):.1%} | {max(loo):.1%} |"
+            )
 
 
 if __name__ == "__main__":

@@ -221,9 +221,7 @@ class SyntheticImages(BuiltinDatasetSpec):
 
     def shape(self) -> DataShape:
         p = self.params
-        return DataShape(
-            task="classification", input_shape=(p.channels, p.height, p.width), num_outputs=p.n_classes
-        )
+        return DataShape(task="classification", input_shape=(p.channels, p.height, p.width), num_outputs=p.n_classes)
 
 
 class SyntheticTokensParams(Strict):

@@ -55,7 +55,8 @@ class LRRangeSpec(Strict):
     diverge_factor: float = Field(4.0, gt=1, description="Stop when the smoothed loss passes this × best.")
     batch_size: PositiveInt = Field(64, description="Micro-batch size used by the sweep.")
     thoroughness: Literal["quick", "standard", "thorough"] = Field(
-        "standard", description="quick: one sweep; standard: the median of 3 sweeps (seeds seed, seed+1, seed+2), "
+        "standard",
+        description="quick: one sweep; standard: the median of 3 sweeps (seeds seed, seed+1, seed+2), "
         "plus 3 short confirmation trainings when the sweeps disagree; thorough: always confirm.",
     )
 
@@ -111,8 +112,7 @@ class JobSpec(Strict):
                     "seed": 1,
                 },
                 {
-                    "model": {"source": "plugin", "name": "team_models.vision:small_resnet",
-                              "params": {"width": 32}},
+                    "model": {"source": "plugin", "name": "team_models.vision:small_resnet", "params": {"width": 32}},
                     "dataset": {"source": "upload", "id": "<id from POST /v1/datasets>"},
                     "optimizer": {"name": "sgd", "params": {"momentum": 0.9, "nesterov": True}},
                 },
@@ -128,11 +128,13 @@ class JobSpec(Strict):
     optimizer: OptimizerChoice
     lr_range: LRRangeSpec = LRRangeSpec()
     batch_sizes: list[PositiveInt] | AutoBatchSizes | None = Field(
-        None, description="Candidate batch sizes to probe (distinct, positive), or {\"auto\": true, \"min\": 8, "
-        "\"max\": 1024} for the powers of two between. Omitted: no batch-size advice.",
+        None,
+        description='Candidate batch sizes to probe (distinct, positive), or {"auto": true, "min": 8, '
+        '"max": 1024} for the powers of two between. Omitted: no batch-size advice.',
     )
     lr_scaling: Literal["auto", "probe", "linear", "sqrt"] = Field(
-        "auto", description="The LR for each batch size: probe (a short range test at each), linear (SGD), sqrt "
+        "auto",
+        description="The LR for each batch size: probe (a short range test at each), linear (SGD), sqrt "
         "(Adam-family), or auto (probe the smallest and largest, interpolate in log space, else the rule).",
     )
     memory_budget_gb: float | None = Field(
@@ -142,12 +144,14 @@ class JobSpec(Strict):
         None, description="The effective batch you want: the advice says how many accumulation steps reach it."
     )
     generalization_check: bool = Field(
-        False, description="Train every fitting candidate for the same number of epochs and compare validation "
+        False,
+        description="Train every fitting candidate for the same number of epochs and compare validation "
         "losses, so a batch that generalises worse is seen (and avoided when it would be chosen).",
     )
     schedule: ScheduleName = Field("one_cycle", description="The LR schedule you will train with.")
     train_steps: PositiveInt | None = Field(
-        None, le=100_000_000,
+        None,
+        le=100_000_000,
         description="Optimizer steps you will train for; sets the schedule's parameters (default 1000).",
     )
     precision: Precision = Field(

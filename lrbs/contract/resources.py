@@ -57,7 +57,7 @@ class Job(BaseModel):
 
 
 class DatasetOut(BaseModel):
-    id: str = Field(description="Use as {\"source\": \"upload\", \"id\": ...} in a job's dataset.")
+    id: str = Field(description='Use as {"source": "upload", "id": ...} in a job\'s dataset.')
     sha256: str = Field(description="Of the uploaded bytes: the same bytes always give the same id.")
     filename: str
     format: Literal["npz", "csv", "parquet"]

@@ -29,8 +29,10 @@ class Recommendation(BaseModel):
     """Settings a training pipeline can use as-is."""
 
     schedule: ScheduleName
-    lr: float = Field(description="The LR to train with: the peak LR for cosine, step and exponential, "
-                      "max_lr for one_cycle, the LR for constant.")
+    lr: float = Field(
+        description="The LR to train with: the peak LR for cosine, step and exponential, "
+        "max_lr for one_cycle, the LR for constant."
+    )
     lr_low: float = Field(description="Lower end of the range lrbs considers safe for this schedule.")
     lr_high: float = Field(description="Upper end of the safe range: past it training degrades or diverges.")
     confidence: Literal["high", "medium", "low"] = Field(
@@ -53,23 +55,29 @@ class Recommendation(BaseModel):
     rule: str = Field(description="The rule that chose the LR.")
     reason: str = Field(description="How the LR was chosen, in plain words.")
     confirmation: list[Candidate] | None = Field(
-        None, description="The short trainings that confirmed the LR (thorough, or standard when the sweeps "
-        "disagreed), one per candidate."
+        None,
+        description="The short trainings that confirmed the LR (thorough, or standard when the sweeps "
+        "disagreed), one per candidate.",
     )
 
 
 class BatchCandidate(BaseModel):
     batch_size: int
     fits: bool = Field(description="A full training step ran within the memory budget, with headroom.")
-    peak_memory_mb: float | None = Field(None, description="Peak memory of one training step (CUDA: allocated; "
-                                         "CPU: resident-set growth).")
+    peak_memory_mb: float | None = Field(
+        None, description="Peak memory of one training step (CUDA: allocated; CPU: resident-set growth)."
+    )
     step_time_s: float | None = None
     samples_per_s: float | None = None
     lr: float | None = Field(None, description="The LR to train this batch size with.")
     relative_time_to_target: float | None = Field(
-        None, description="Predicted wall time to reach a target loss, relative to the best candidate (1.0).")
-    val_loss: float | None = Field(None, description="generalization_check: validation loss after the equal-epoch "
-                                   "training (null: not run, or diverged).")
+        None, description="Predicted wall time to reach a target loss, relative to the best candidate (1.0)."
+    )
+    val_loss: float | None = Field(
+        None,
+        description="generalization_check: validation loss after the equal-epoch "
+        "training (null: not run, or diverged).",
+    )
     note: str | None = Field(None, description="Why it does not fit, for example.")
 
 
@@ -87,8 +95,10 @@ class BatchSizeAdvice(BaseModel):
     batch_size: int = Field(description="The recommended batch size.")
     lr: float | None = Field(description="The LR that goes with it.")
     lr_scaling: str = Field(description="How the LR was set per batch size (probe, linear, sqrt, interpolated).")
-    largest_fitting: int | None = Field(description="The largest batch that fits with headroom (predicted from the "
-                                        "memory fit and verified with a real step where one was run).")
+    largest_fitting: int | None = Field(
+        description="The largest batch that fits with headroom (predicted from the "
+        "memory fit and verified with a real step where one was run)."
+    )
     largest_fitting_verified: bool = False
     memory_fit_mb: tuple[float, float] | None = Field(None, description="(a, b) of memory ≈ a + b·B, in MiB.")
     headroom: float = Field(description="Share of the memory budget kept free.")

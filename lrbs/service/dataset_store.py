@@ -55,17 +55,20 @@ def receive(source: BinaryIO, settings: Settings) -> tuple[Path, str, int]:
 
 
 def too_large(settings: Settings) -> str:
-    return (f"the upload is larger than this service's limit of {settings.max_upload_mb:g} MiB "
-            "(setting LRBS_MAX_UPLOAD_MB)")
+    return (
+        f"the upload is larger than this service's limit of {settings.max_upload_mb:g} MiB (setting LRBS_MAX_UPLOAD_MB)"
+    )
 
 
-def prepare(path: Path, filename: str, sha256: str, size: int, target_column: str | None,
-            settings: Settings) -> DatasetRow:
+def prepare(
+    path: Path, filename: str, sha256: str, size: int, target_column: str | None, settings: Settings
+) -> DatasetRow:
     """Parse and validate the received file and write its canonical .npz; the row is not stored yet."""
     try:
         fmt = detect_format(filename)
-        parsed = parse_upload(path, filename, target_column=target_column,
-                              max_array_bytes=int(settings.max_unpacked_mb * (1 << 20)))
+        parsed = parse_upload(
+            path, filename, target_column=target_column, max_array_bytes=int(settings.max_unpacked_mb * (1 << 20))
+        )
     except UploadError as exc:
         raise Unprocessable(str(exc), errors=[{"field": "file", "message": str(exc)}]) from None
     blob = blob_path(settings, sha256)
@@ -74,9 +77,17 @@ def prepare(path: Path, filename: str, sha256: str, size: int, target_column: st
     write_canonical(parsed, staging)
     os.replace(staging, blob)  # atomic: a worker never reads half a file
     return DatasetRow(
-        id=sha256[:32], sha256=sha256, data_sha256=file_sha256(blob), filename=filename[:300], format=fmt,
-        target_column=target_column if fmt != "npz" else None, size_bytes=size, shapes=parsed.shapes,
-        dtypes=parsed.dtypes, shape=parsed.shape.model_dump(mode="json"), created_at=utcnow(),
+        id=sha256[:32],
+        sha256=sha256,
+        data_sha256=file_sha256(blob),
+        filename=filename[:300],
+        format=fmt,
+        target_column=target_column if fmt != "npz" else None,
+        size_bytes=size,
+        shapes=parsed.shapes,
+        dtypes=parsed.dtypes,
+        shape=parsed.shape.model_dump(mode="json"),
+        created_at=utcnow(),
     )
 
 
@@ -92,8 +103,10 @@ def existing(session: Session, sha256: str, target_column: str | None) -> Datase
     """The same bytes give the same dataset; with another target column they would not, so say so."""
     found = session.scalars(select(DatasetRow).where(DatasetRow.sha256 == sha256)).first()
     if found is not None and found.format != "npz" and found.target_column != target_column:
-        raise Conflict(f"these bytes were uploaded before as dataset {found.id} with target_column "
-                       f"{found.target_column!r}; delete it first to use target_column {target_column!r}")
+        raise Conflict(
+            f"these bytes were uploaded before as dataset {found.id} with target_column "
+            f"{found.target_column!r}; delete it first to use target_column {target_column!r}"
+        )
     return found
 
 
@@ -111,11 +124,14 @@ def list_datasets(session: Session, page_size: int, page_token: str | None) -> t
 def delete(session: Session, dataset_id: str, settings: Settings) -> None:
     dataset = get(session, dataset_id)
     in_use = session.scalar(
-        select(func.count()).where(JobRow.dataset_id == dataset_id, JobRow.state.in_((JobState.queued, JobState.running)))
+        select(func.count()).where(
+            JobRow.dataset_id == dataset_id, JobRow.state.in_((JobState.queued, JobState.running))
+        )
     )
     if in_use:
-        raise Conflict(f"dataset {dataset_id} is used by {in_use} queued or running job(s); "
-                       "cancel them or wait for them to end")
+        raise Conflict(
+            f"dataset {dataset_id} is used by {in_use} queued or running job(s); cancel them or wait for them to end"
+        )
     session.delete(dataset)
     session.flush()
     blob_path(settings, dataset.sha256).unlink(missing_ok=True)

@@ -23,7 +23,7 @@ def normalize_url(url: str) -> str:
     """Plain postgresql:// URLs use psycopg 3, the driver we ship."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 

@@ -50,9 +50,7 @@ class TooLarge(Problem):
     status, title, type = 413, "Content too large", "too-large"
 
 
-def problem_response(
-    request: Request, status: int, title: str, detail: str, type_: str, **extra: Any
-) -> JSONResponse:
+def problem_response(request: Request, status: int, title: str, detail: str, type_: str, **extra: Any) -> JSONResponse:
     body = {
         "type": TYPE_BASE + type_,
         "title": title,
@@ -88,9 +86,7 @@ def install_handlers(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = validation_errors(list(exc.errors()))
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
-        return problem_response(
-            request, 422, "Invalid request", detail, "validation-error", errors=errors
-        )
+        return problem_response(request, 422, "Invalid request", detail, "validation-error", errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

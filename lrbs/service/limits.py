@@ -10,10 +10,12 @@ def check_limits(spec: JobSpec, settings: Settings) -> None:
 
     def over(field: str, value: int, limit: int, setting: str) -> None:
         if value > limit:
-            errors.append({
-                "field": field,
-                "message": f"{value} is over this service's limit of {limit} (setting LRBS_{setting})",
-            })
+            errors.append(
+                {
+                    "field": field,
+                    "message": f"{value} is over this service's limit of {limit} (setting LRBS_{setting})",
+                }
+            )
 
     over("lr_range.num_steps", spec.lr_range.num_steps, settings.max_lr_steps, "MAX_LR_STEPS")
     over("lr_range.batch_size", spec.lr_range.batch_size, settings.max_batch_size, "MAX_BATCH_SIZE")

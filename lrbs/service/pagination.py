@@ -5,14 +5,12 @@ from __future__ import annotations
 import base64
 import json
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Select, or_
 from sqlalchemy.orm import Session
 
 from lrbs.service.errors import Problem
-
-Row = TypeVar("Row")
 
 
 def encode_token(row: Any) -> str:
@@ -26,13 +24,12 @@ def decode_token(token: str) -> tuple[datetime, str]:
         created, row_id = json.loads(raw)
         return datetime.fromisoformat(created), str(row_id)
     except (ValueError, TypeError) as exc:
-        raise Problem(
-            "page_token is not one this API issued; pass next_page_token from the previous page"
-        ) from exc
+        raise Problem("page_token is not one this API issued; pass next_page_token from the previous page") from exc
 
 
-def newest_first(session: Session, query: Select, model: type[Row], page_size: int,
-                 page_token: str | None) -> tuple[list[Row], str | None]:
+def newest_first(
+    session: Session, query: Select, model: Any, page_size: int, page_token: str | None
+) -> tuple[list[Any], str | None]:
     """One page of `query` (a select of `model`) and the token of the next page, if any."""
     query = query.order_by(model.created_at.desc(), model.id.desc()).limit(page_size + 1)
     if page_token:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, engine, select, update
 from sqlalchemy.orm import Session
 
 from lrbs.contract.job_spec import JobSpec
@@ -70,16 +71,28 @@ def get(session: Session, job_id: str) -> JobRow:
     return job
 
 
+def _rowcount(result: engine.Result[Any]) -> int:
+    """Rows an UPDATE matched (an UPDATE's result is a CursorResult)."""
+    return cast(CursorResult[Any], result).rowcount
+
+
 def cancel(session: Session, job_id: str) -> JobRow:
     """A queued job is cancelled at once; a running one is flagged and stops at its next step."""
     now = utcnow()
-    done = session.execute(
-        update(JobRow)
-        .where(JobRow.id == job_id, JobRow.state == JobState.queued)
-        .values(state=JobState.cancelled, finished_at=now, updated_at=now, cancel_requested=True,
-                progress=progress("cancelled"))
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    done = _rowcount(
+        session.execute(
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.state == JobState.queued)
+            .values(
+                state=JobState.cancelled,
+                finished_at=now,
+                updated_at=now,
+                cancel_requested=True,
+                progress=progress("cancelled"),
+            )
+            .execution_options(synchronize_session=False)
+        )
+    )
     if not done:
         session.execute(
             update(JobRow)
@@ -151,9 +164,7 @@ def _lease_lost(session: Session, job_id: str) -> LeaseLost:
     )
 
 
-def heartbeat(
-    session: Session, job_id: str, lease_token: str, prog: Progress | None, settings: Settings
-) -> bool:
+def heartbeat(session: Session, job_id: str, lease_token: str, prog: Progress | None, settings: Settings) -> bool:
     """Extend the lease and record progress; returns whether the user asked to cancel."""
     values: dict = {"lease_expires_at": epoch_now() + settings.lease_seconds, "updated_at": utcnow()}
     if prog is not None:
@@ -173,12 +184,14 @@ def heartbeat(
 def _finish(session: Session, job_id: str, lease_token: str, state: str, **values) -> bool:
     now = utcnow()
     return bool(
-        session.execute(
-            update(JobRow)
-            .where(*_running(job_id, lease_token))
-            .values(state=state, finished_at=now, updated_at=now, lease_expires_at=None, **values)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        _rowcount(
+            session.execute(
+                update(JobRow)
+                .where(*_running(job_id, lease_token))
+                .values(state=state, finished_at=now, updated_at=now, lease_expires_at=None, **values)
+                .execution_options(synchronize_session=False)
+            )
+        )
     )
 
 
@@ -195,9 +208,7 @@ def complete(session: Session, job_id: str, lease_token: str, result: Result) ->
 
 
 def fail(session: Session, job_id: str, lease_token: str, message: str, retryable: bool) -> JobRow:
-    job = session.scalars(
-        select(JobRow).where(*_running(job_id, lease_token)).with_for_update()
-    ).first()
+    job = session.scalars(select(JobRow).where(*_running(job_id, lease_token)).with_for_update()).first()
     if job is None:
         job = get(session, job_id)
         if job.state in (JobState.failed, JobState.queued, JobState.cancelled) and job.lease_token == lease_token:

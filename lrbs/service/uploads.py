@@ -11,7 +11,7 @@ Canonical arrays, whatever the format:
 - language modelling (integer x and y of equal shape (N, T)): x and y int64 token ids ≥ 0;
 - classification (integer y of shape (N,)): x float32, y int64 labels ≥ 0;
 - regression (float y of shape (N,) or (N, k)): x float32, y float32 of shape (N, k).
-The task itself is read off the arrays by `service.spec.infer_shape`, the one rule for that.
+The task itself is read off the arrays by `lrbs.contract.shapes.infer_shape`, the one rule for that.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ DEFAULT_TARGET = "target"
 # An .npz may be compressed: the upload size limit does not bound what its arrays unpack to, this does.
 DEFAULT_MAX_ARRAY_BYTES = 8 * 2**30
 
-ACCEPTED_FORMATS = ("accepted: .npz (numpy arrays x, y and optionally x_val, y_val; no pickled objects), "
-                    ".csv (a header row, numbers only) or .parquet/.pq (numeric columns)")
+ACCEPTED_FORMATS = (
+    "accepted: .npz (numpy arrays x, y and optionally x_val, y_val; no pickled objects), "
+    ".csv (a header row, numbers only) or .parquet/.pq (numeric columns)"
+)
 ACCEPTED_KEYS = "accepted keys: x, y (required), x_val and y_val (optional, both or neither)"
 ACCEPTED_DTYPES = "accepted: integer or floating-point numbers"
 _CSV_CHUNK_ROWS = 65_536
@@ -69,8 +71,9 @@ def detect_format(filename: str) -> str:
     return EXTENSIONS[suffix]
 
 
-def parse_upload(path: Path, filename: str, *, target_column: str | None = None,
-                 max_array_bytes: int = DEFAULT_MAX_ARRAY_BYTES) -> ParsedDataset:
+def parse_upload(
+    path: Path, filename: str, *, target_column: str | None = None, max_array_bytes: int = DEFAULT_MAX_ARRAY_BYTES
+) -> ParsedDataset:
     """Read, check and canonicalise an uploaded file. Raises UploadError saying what is wrong and accepted.
 
     `target_column` (CSV and Parquet; default "target") names the column holding y; every other column is a
@@ -79,8 +82,10 @@ def parse_upload(path: Path, filename: str, *, target_column: str | None = None,
     fmt = detect_format(filename)
     if fmt == "npz":
         if target_column is not None:
-            raise UploadError("target_column applies to CSV and Parquet uploads only; an .npz names its arrays "
-                              f"by key ({ACCEPTED_KEYS})")
+            raise UploadError(
+                "target_column applies to CSV and Parquet uploads only; an .npz names its arrays "
+                f"by key ({ACCEPTED_KEYS})"
+            )
         arrays = _read_npz(Path(path), max_array_bytes)
     elif fmt == "csv":
         arrays = _read_csv(Path(path), target_column or DEFAULT_TARGET)
@@ -96,15 +101,16 @@ def write_canonical(parsed: ParsedDataset, path: Path) -> None:
         if a.dtype.hasobject or a.dtype.kind not in "iuf":
             raise ValueError(f"{key} has dtype {a.dtype}: only numeric arrays are written")
     with open(path, "wb") as f:
-        np.savez(f, **{k: parsed.arrays[k] for k in KEYS if k in parsed.arrays})
+        np.savez(f, **{k: parsed.arrays[k] for k in KEYS if k in parsed.arrays})  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------- npz
 
 
 def _read_npz(path: Path, max_array_bytes: int) -> dict[str, np.ndarray]:
-    not_npz = ("is not a valid .npz file (a zip archive of .npy arrays, as written by numpy.savez or "
-               "numpy.savez_compressed)")
+    not_npz = (
+        "is not a valid .npz file (a zip archive of .npy arrays, as written by numpy.savez or numpy.savez_compressed)"
+    )
     if not zipfile.is_zipfile(path):
         raise UploadError(f"the file {not_npz}")
     try:
@@ -116,8 +122,10 @@ def _read_npz(path: Path, max_array_bytes: int) -> dict[str, np.ndarray]:
                     dtype, shape = _npy_header(f, key)
                 total += math.prod(shape) * dtype.itemsize
                 if total > max_array_bytes:
-                    raise UploadError(f"the arrays unpack to more than {max_array_bytes} bytes; accepted: at most "
-                                      f"{max_array_bytes} bytes of array data (this service's limit)")
+                    raise UploadError(
+                        f"the arrays unpack to more than {max_array_bytes} bytes; accepted: at most "
+                        f"{max_array_bytes} bytes of array data (this service's limit)"
+                    )
             arrays = {}
             for key, name in members.items():
                 with archive.open(name) as f:
@@ -129,8 +137,10 @@ def _read_npz(path: Path, max_array_bytes: int) -> dict[str, np.ndarray]:
     return arrays
 
 
-_PICKLE = ("the .npz holds pickled objects (an object array), which are not accepted: save numeric arrays only "
-           "(integer or floating-point), e.g. np.savez(f, x=x.astype(np.float32), y=y)")
+_PICKLE = (
+    "the .npz holds pickled objects (an object array), which are not accepted: save numeric arrays only "
+    "(integer or floating-point), e.g. np.savez(f, x=x.astype(np.float32), y=y)"
+)
 
 
 def _npz_members(archive: zipfile.ZipFile) -> dict[str, str]:
@@ -182,8 +192,10 @@ def _read_csv(path: Path, target: str) -> dict[str, np.ndarray]:
             while header is not None and not header:  # blank lines before the header
                 header = next(reader, None)
             if header is None:
-                raise UploadError("the CSV file is empty; accepted: a header row naming the columns, then one row "
-                                  "of numbers per sample")
+                raise UploadError(
+                    "the CSV file is empty; accepted: a header row naming the columns, then one row "
+                    "of numbers per sample"
+                )
             columns = [c.strip() for c in header]
             t = _target_index(columns, target)
             chunks: list[np.ndarray] = []
@@ -192,8 +204,10 @@ def _read_csv(path: Path, target: str) -> dict[str, np.ndarray]:
                 if not row:
                     continue
                 if len(row) != len(columns):
-                    raise UploadError(f"line {reader.line_num} has {len(row)} fields but the header has "
-                                      f"{len(columns)}; accepted: the same number of fields on every row")
+                    raise UploadError(
+                        f"line {reader.line_num} has {len(row)} fields but the header has "
+                        f"{len(columns)}; accepted: the same number of fields on every row"
+                    )
                 try:
                     rows.append([float(cell) for cell in row])
                 except ValueError:
@@ -206,14 +220,17 @@ def _read_csv(path: Path, target: str) -> dict[str, np.ndarray]:
             if rows:
                 chunks.append(np.array(rows, dtype=np.float64))
     except UnicodeDecodeError as exc:
-        raise UploadError(f"the CSV file is not UTF-8 text ({exc.reason} at byte {exc.start}); accepted: "
-                          "UTF-8 (or ASCII) text") from None
+        raise UploadError(
+            f"the CSV file is not UTF-8 text ({exc.reason} at byte {exc.start}); accepted: UTF-8 (or ASCII) text"
+        ) from None
     except csv.Error as exc:
-        raise UploadError(f"the CSV file cannot be read: {exc}; accepted: comma-separated numbers under a header "
-                          "row") from None
+        raise UploadError(
+            f"the CSV file cannot be read: {exc}; accepted: comma-separated numbers under a header row"
+        ) from None
     if not chunks:
-        raise UploadError("the CSV file has a header but no data rows; accepted: one row of numbers per sample "
-                          "under the header")
+        raise UploadError(
+            "the CSV file has a header but no data rows; accepted: one row of numbers per sample under the header"
+        )
     table = np.concatenate(chunks)
     features = [i for i in range(len(columns)) if i != t]
     return {"x": table[:, features].astype(np.float32), "y": _target_array(table[:, t])}
@@ -227,8 +244,10 @@ def _bad_cell(row: list[str], columns: list[str], line: int) -> None:
             ok = False
         if not ok:
             what = "an empty cell" if not cell.strip() else f"{cell.strip()[:40]!r}"
-            raise UploadError(f"line {line}, column {column!r}: {what} is not a finite number; accepted: numbers "
-                              "in every cell (no missing values, NaN or infinity)")
+            raise UploadError(
+                f"line {line}, column {column!r}: {what} is not a finite number; accepted: numbers "
+                "in every cell (no missing values, NaN or infinity)"
+            )
     raise AssertionError("unreachable: the row parsed")  # pragma: no cover
 
 
@@ -238,11 +257,14 @@ def _target_index(columns: list[str], target: str) -> int:
         raise UploadError(f"column names must be unique; repeated: {', '.join(map(repr, duplicated))}")
     if target not in columns:
         listed = ", ".join(map(repr, columns)) or "(none)"
-        raise UploadError(f"there is no target column {target!r}; the columns are {listed}; "
-                          "accepted: a column named 'target', or name the column that holds y with target_column")
+        raise UploadError(
+            f"there is no target column {target!r}; the columns are {listed}; "
+            "accepted: a column named 'target', or name the column that holds y with target_column"
+        )
     if len(columns) < 2:
-        raise UploadError(f"the only column is the target {target!r}; accepted: at least one feature column "
-                          "besides the target")
+        raise UploadError(
+            f"the only column is the target {target!r}; accepted: at least one feature column besides the target"
+        )
     return columns.index(target)
 
 
@@ -250,8 +272,10 @@ def _target_array(y: np.ndarray) -> np.ndarray:
     """Integral targets are class labels (int64); any other value makes it regression (float32)."""
     if np.all(y == np.floor(y)):
         if np.any(np.abs(y) > 2**62):
-            raise UploadError("the target holds integers too large to be class labels; accepted: labels "
-                              "0, 1, ..., C-1 for classification, or non-integral numbers for regression")
+            raise UploadError(
+                "the target holds integers too large to be class labels; accepted: labels "
+                "0, 1, ..., C-1 for classification, or non-integral numbers for regression"
+            )
         return y.astype(np.int64)
     return y.astype(np.float32)
 
@@ -274,16 +298,19 @@ def _read_parquet(path: Path, target: str) -> dict[str, np.ndarray]:
     numeric = [pa.types.is_integer(col.type) or pa.types.is_floating(col.type) for col in table.columns]
     bad = [f"{name!r} ({col.type})" for name, col, ok in zip(columns, table.columns, numeric, strict=True) if not ok]
     if bad:
-        raise UploadError(f"non-numeric columns: {', '.join(bad)}; accepted: integer or floating-point columns only "
-                          "(encode categories as numbers)")
-    nulls = [f"{name!r} ({col.null_count})" for name, col in zip(columns, table.columns, strict=True)
-             if col.null_count]
+        raise UploadError(
+            f"non-numeric columns: {', '.join(bad)}; accepted: integer or floating-point columns only "
+            "(encode categories as numbers)"
+        )
+    nulls = [f"{name!r} ({col.null_count})" for name, col in zip(columns, table.columns, strict=True) if col.null_count]
     if nulls:
-        raise UploadError(f"columns with missing values (nulls): {', '.join(nulls)}; accepted: a value in every "
-                          "cell")
+        raise UploadError(f"columns with missing values (nulls): {', '.join(nulls)}; accepted: a value in every cell")
     values = [np.asarray(col.to_numpy()) for col in table.columns]
-    infinite = [repr(name) for name, v in zip(columns, values, strict=True) if v.dtype.kind == "f"
-                and not np.all(np.isfinite(v))]
+    infinite = [
+        repr(name)
+        for name, v in zip(columns, values, strict=True)
+        if v.dtype.kind == "f" and not np.all(np.isfinite(v))
+    ]
     if infinite:
         raise UploadError(f"columns with NaN or infinite values: {', '.join(infinite)}; accepted: finite numbers")
     x = np.empty((table.num_rows, len(columns) - 1), dtype=np.float32)
@@ -292,8 +319,10 @@ def _read_parquet(path: Path, target: str) -> dict[str, np.ndarray]:
     y = values[t]
     if y.dtype.kind in "iu":
         if y.dtype == np.uint64 and np.any(y > np.iinfo(np.int64).max):
-            raise UploadError(f"the target {target!r} holds integers too large to be class labels; accepted: labels "
-                              "0, 1, ..., C-1 for classification, or floating-point targets for regression")
+            raise UploadError(
+                f"the target {target!r} holds integers too large to be class labels; accepted: labels "
+                "0, 1, ..., C-1 for classification, or floating-point targets for regression"
+            )
         y = y.astype(np.int64)
     else:
         y = _target_array(y.astype(np.float64))
@@ -305,8 +334,16 @@ def _read_parquet(path: Path, target: str) -> dict[str, np.ndarray]:
 
 def _check_dtype(key: str, dtype: np.dtype) -> None:
     if dtype.kind not in "iuf" or dtype.names is not None:
-        kinds = {"b": "boolean", "c": "complex", "U": "string", "S": "bytes", "O": "object", "M": "datetime",
-                 "m": "timedelta", "V": "structured/void"}
+        kinds = {
+            "b": "boolean",
+            "c": "complex",
+            "U": "string",
+            "S": "bytes",
+            "O": "object",
+            "M": "datetime",
+            "m": "timedelta",
+            "V": "structured/void",
+        }
         what = kinds.get(dtype.kind, "non-numeric")
         raise UploadError(f"{key} has dtype {dtype} ({what}); {ACCEPTED_DTYPES} (cast booleans to 0/1)")
 
@@ -318,8 +355,9 @@ def canonicalise(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], 
         if a.ndim == 0:
             raise UploadError(f"{key} is a scalar; accepted: one row per sample, shape (N, ...)")
         if 0 in a.shape[1:]:
-            raise UploadError(f"{key} has shape {list(a.shape)} with an empty dimension; accepted: at least one "
-                              "value per sample")
+            raise UploadError(
+                f"{key} has shape {list(a.shape)} with an empty dimension; accepted: at least one value per sample"
+            )
     x, y = arrays["x"], arrays["y"]
     if len(x) != len(y):
         raise UploadError(f"x has {len(x)} samples but y has {len(y)}; accepted: one label or target per sample")
@@ -327,8 +365,10 @@ def canonicalise(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], 
         raise UploadError(f"the dataset has {len(x)} sample(s); accepted: at least 2")
     has_val = "x_val" in arrays
     if has_val and len(arrays["x_val"]) != len(arrays["y_val"]):
-        raise UploadError(f"x_val has {len(arrays['x_val'])} samples but y_val has {len(arrays['y_val'])}; "
-                          "accepted: one label or target per validation sample")
+        raise UploadError(
+            f"x_val has {len(arrays['x_val'])} samples but y_val has {len(arrays['y_val'])}; "
+            "accepted: one label or target per validation sample"
+        )
     if has_val and len(arrays["x_val"]) == 0:
         raise UploadError("x_val and y_val are empty; accepted: at least 1 validation sample, or leave both out")
 
@@ -338,8 +378,10 @@ def canonicalise(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], 
     for key, a in arrays.items():
         ref = arrays[_train_key(key)]
         if (a.dtype.kind == "f") != (ref.dtype.kind == "f"):
-            raise UploadError(f"{key} has dtype {a.dtype} but {_train_key(key)} has {ref.dtype}; accepted: the same "
-                              "kind of numbers (integer or floating-point) in both")
+            raise UploadError(
+                f"{key} has dtype {a.dtype} but {_train_key(key)} has {ref.dtype}; accepted: the same "
+                "kind of numbers (integer or floating-point) in both"
+            )
         if key.startswith("x"):
             out[key] = _ints(key, a) if lm else _floats(key, a)
         elif y_int:
@@ -349,11 +391,13 @@ def canonicalise(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], 
             out[key] = f.reshape(len(f), -1) if f.ndim == 1 else f
     if has_val:
         for key in ("x_val", "y_val"):
-            ref = _train_key(key)  # compared canonical: y of shape (N,) and (N, 1) are one regression target
-            ref_shape, shape = out[ref].shape[1:], out[key].shape[1:]
-            if shape != ref_shape:
-                raise UploadError(f"{key} has samples of shape {list(shape)} but {ref} has {list(ref_shape)}; "
-                                  f"accepted: validation samples shaped like the training ones")
+            train_key = _train_key(key)  # compared canonical: y of shape (N,) and (N, 1) are one regression target
+            train_sample, val_sample = out[train_key].shape[1:], out[key].shape[1:]
+            if val_sample != train_sample:
+                raise UploadError(
+                    f"{key} has samples of shape {list(val_sample)} but {train_key} has {list(train_sample)}; "
+                    f"accepted: validation samples shaped like the training ones"
+                )
 
     largest = 0
     if y_int:
@@ -363,8 +407,10 @@ def canonicalise(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], 
             if key in out and out[key].size:
                 low, high = int(out[key].min()), int(out[key].max())
                 if low < 0:
-                    raise UploadError(f"{key} holds {what} below 0 (smallest {low}); accepted: {what} 0, 1, ..., "
-                                      "C-1" + ("" if lm else ", or floating-point y for regression"))
+                    raise UploadError(
+                        f"{key} holds {what} below 0 (smallest {low}); accepted: {what} 0, 1, ..., "
+                        "C-1" + ("" if lm else ", or floating-point y for regression")
+                    )
                 largest = max(largest, high)
     try:
         shape = infer_shape(tuple(x.shape), x_int, tuple(y.shape), y_int, largest)

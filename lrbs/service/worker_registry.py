@@ -32,8 +32,12 @@ def list_workers(session: Session, settings: Settings) -> list[WorkerOut]:
     rows = session.scalars(select(WorkerRow).order_by(WorkerRow.last_seen_at.desc())).all()
     return [
         WorkerOut(
-            id=w.id, online=w.last_seen_at >= cutoff, running_job_id=running.get(w.id), info=w.info,
-            first_seen_at=w.first_seen_at, last_seen_at=w.last_seen_at,
+            id=w.id,
+            online=w.last_seen_at >= cutoff,
+            running_job_id=running.get(w.id),
+            info=w.info,
+            first_seen_at=w.first_seen_at,
+            last_seen_at=w.last_seen_at,
         )
         for w in rows
     ]

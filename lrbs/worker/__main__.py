@@ -7,30 +7,73 @@ import click
 
 
 @click.command()
-@click.option("--url", envvar="LRBS_URL", default="http://127.0.0.1:8000", show_default=True,
-              help="The service's base URL (env LRBS_URL).")
-@click.option("--token", envvar="LRBS_WORKER_TOKEN", required=True,
-              help="The service's worker token (env LRBS_WORKER_TOKEN).")
+@click.option(
+    "--url",
+    envvar="LRBS_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="The service's base URL (env LRBS_URL).",
+)
+@click.option(
+    "--token", envvar="LRBS_WORKER_TOKEN", required=True, help="The service's worker token (env LRBS_WORKER_TOKEN)."
+)
 @click.option("--worker-id", default=None, help="Name shown on jobs this worker runs (default host-pid).")
 @click.option("--max-jobs", type=int, default=None, help="Exit after this many jobs (default: run forever).")
-@click.option("--wait", "wait_seconds", type=float, default=20.0, show_default=True,
-              help="Long-poll: seconds one claim waits for a job.")
-@click.option("--plugin-modules", envvar="LRBS_PLUGIN_MODULES", default="", show_default=True,
-              help="Comma-separated module prefixes whose plugins jobs may run (env LRBS_PLUGIN_MODULES); "
-                   "nothing else is ever imported.")
-@click.option("--cache-dir", envvar="LRBS_CACHE_DIR", type=click.Path(path_type=Path), default=None,
-              help="Where downloaded datasets are kept by hash (default ~/.cache/lrbs/datasets).")
-@click.option("--memory-headroom", envvar="LRBS_MEMORY_HEADROOM", type=click.FloatRange(0, 0.9), default=0.1,
-              show_default=True, help="Share of memory the batch-size advice keeps free (env LRBS_MEMORY_HEADROOM).")
-def main(url: str, token: str, worker_id: str | None, max_jobs: int | None, wait_seconds: float,
-         plugin_modules: str, cache_dir: Path | None, memory_headroom: float) -> None:
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="Long-poll: seconds one claim waits for a job.",
+)
+@click.option(
+    "--plugin-modules",
+    envvar="LRBS_PLUGIN_MODULES",
+    default="",
+    show_default=True,
+    help="Comma-separated module prefixes whose plugins jobs may run (env LRBS_PLUGIN_MODULES); "
+    "nothing else is ever imported.",
+)
+@click.option(
+    "--cache-dir",
+    envvar="LRBS_CACHE_DIR",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where downloaded datasets are kept by hash (default ~/.cache/lrbs/datasets).",
+)
+@click.option(
+    "--memory-headroom",
+    envvar="LRBS_MEMORY_HEADROOM",
+    type=click.FloatRange(0, 0.9),
+    default=0.1,
+    show_default=True,
+    help="Share of memory the batch-size advice keeps free (env LRBS_MEMORY_HEADROOM).",
+)
+def main(
+    url: str,
+    token: str,
+    worker_id: str | None,
+    max_jobs: int | None,
+    wait_seconds: float,
+    plugin_modules: str,
+    cache_dir: Path | None,
+    memory_headroom: float,
+) -> None:
     """Pull jobs from an lrbs service, run their probes with PyTorch, report the results."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from lrbs.worker.plugins import PluginPolicy  # torch loads with the runner, not when --help is asked
     from lrbs.worker.runner import Worker
 
-    Worker(url, token, worker_id=worker_id, wait_seconds=wait_seconds, policy=PluginPolicy.parse(plugin_modules),
-           cache_dir=cache_dir, memory_headroom=memory_headroom).run_forever(max_jobs=max_jobs)
+    Worker(
+        url,
+        token,
+        worker_id=worker_id,
+        wait_seconds=wait_seconds,
+        policy=PluginPolicy.parse(plugin_modules),
+        cache_dir=cache_dir,
+        memory_headroom=memory_headroom,
+    ).run_forever(max_jobs=max_jobs)
 
 
 if __name__ == "__main__":

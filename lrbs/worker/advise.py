@@ -29,8 +29,14 @@ SPIKE_RATIO = 1.5  # a raw loss this far above its smoothed value is a spike
 WARMUP_SHARE = 0.05
 
 
-def advise(spec: JobSpec, on_progress: ProgressFn | None = None, *, policy: PluginPolicy | None = None,
-           fetch_upload: Callable[[str], Path] | None = None, memory_headroom: float = MEMORY_HEADROOM) -> Result:
+def advise(
+    spec: JobSpec,
+    on_progress: ProgressFn | None = None,
+    *,
+    policy: PluginPolicy | None = None,
+    fetch_upload: Callable[[str], Path] | None = None,
+    memory_headroom: float = MEMORY_HEADROOM,
+) -> Result:
     """Run the job. `policy` says which plugin modules may be imported; `fetch_upload` turns an uploaded
     dataset's id into a local .npz path (the runner downloads and caches it); `memory_headroom` is the share
     of memory the batch-size advice keeps free."""
@@ -53,15 +59,18 @@ def advise(spec: JobSpec, on_progress: ProgressFn | None = None, *, policy: Plug
     return Result(
         curve=Curve(lr=curve.lrs, loss=curve.losses, smoothed_loss=curve.smoothed),
         suggestions={name: SuggestionOut(lr=g.lr, reason=g.reason) for name, g in suggestions.items()},
-        recommendation=recommendation(choice, spec, min(sweep.batch_size, job.data.n_train), curve, train_steps,
-                                      confirmation),
+        recommendation=recommendation(
+            choice, spec, min(sweep.batch_size, job.data.n_train), curve, train_steps, confirmation
+        ),
         stop_reason=curve.stop_reason,
         diverged_at_lr=stop_lr(curve, spec),
         steps_run=sum(c.steps_run for c in curves),
         sweeps=len(curves),
         batch_advice=batch_advice,
         environment=Environment(
-            device=str(job.device), torch=torch.__version__, python=platform.python_version(),
+            device=str(job.device),
+            torch=torch.__version__,
+            python=platform.python_version(),
             lrbs=lrbs.__version__,
         ),
         wall_time_s=time.perf_counter() - started,
@@ -127,9 +136,11 @@ def confirm(job: JobContext, choice: suggest.Choice, train_steps: int) -> tuple[
     if not finite:
         return choice, scored
     best = min(finite, key=lambda c: c.val_loss or math.inf)
-    reason = (f"{choice.reason}; then confirmed by {len(candidates)} short trainings ({steps} steps each, "
-              f"{schedule}) at {', '.join(f'{c.lr:.3g}' for c in scored)}: {best.lr:.3g} reached the lowest "
-              "validation loss")
+    reason = (
+        f"{choice.reason}; then confirmed by {len(candidates)} short trainings ({steps} steps each, "
+        f"{schedule}) at {', '.join(f'{c.lr:.3g}' for c in scored)}: {best.lr:.3g} reached the lowest "
+        "validation loss"
+    )
     return replace(choice, lr=best.lr, rule=f"{choice.rule}+confirm", reason=reason), scored
 
 
@@ -141,19 +152,28 @@ def warmup_advice(spec: JobSpec, curve: RangeResult, choice: suggest.Choice, tra
     name = getattr(spec.optimizer, "name", "")
     if getattr(spec.optimizer, "source", "builtin") == "builtin" and name in WARMUP_OPTIMIZERS:
         reasons.append(f"{name} takes large, poorly estimated steps while its moment estimates warm up")
-    upto = next((i for i, lr in enumerate(curve.lrs) if lr > (choice.lr_high or choice.lr)), len(curve.lrs))
+    high = choice.lr_high or choice.lr or math.inf
+    upto = next((i for i, lr in enumerate(curve.lrs) if lr > high), len(curve.lrs))
     spikes = [i for i in range(min(10, upto), upto) if curve.losses[i] > SPIKE_RATIO * curve.smoothed[i]]
     if spikes:
-        reasons.append(f"the range test's loss spiked {len(spikes)} time(s) below the recommended LR's safe range "
-                       f"(first at LR {curve.lrs[spikes[0]]:.3g})")
+        reasons.append(
+            f"the range test's loss spiked {len(spikes)} time(s) below the recommended LR's safe range "
+            f"(first at LR {curve.lrs[spikes[0]]:.3g})"
+        )
     if not reasons:
         return 0, "none needed: the range test was stable up to the recommended LR"
     steps = max(1, round(WARMUP_SHARE * train_steps))
     return steps, f"warm up linearly over {steps} steps ({WARMUP_SHARE:.0%} of training): " + "; ".join(reasons)
 
 
-def recommendation(choice: suggest.Choice, spec: JobSpec, batch_size: int, curve: RangeResult, train_steps: int,
-                   confirmation: list[Candidate] | None = None) -> Recommendation | None:
+def recommendation(
+    choice: suggest.Choice,
+    spec: JobSpec,
+    batch_size: int,
+    curve: RangeResult,
+    train_steps: int,
+    confirmation: list[Candidate] | None = None,
+) -> Recommendation | None:
     """Express the chosen LR in the terms of the schedule the user declared, with every parameter."""
     if choice.lr is None:
         return None
@@ -163,12 +183,23 @@ def recommendation(choice: suggest.Choice, spec: JobSpec, batch_size: int, curve
     extra = schedule.recommendation_fields(params)
     code = schedule.snippet(params, spec.optimizer.class_path, spec.optimizer.params)
     return Recommendation(
-        schedule=spec.schedule, lr=choice.lr, lr_low=choice.lr_low or choice.lr, lr_high=choice.lr_high or choice.lr,
-        confidence=choice.confidence, train_steps=train_steps, schedule_params=params, warmup_steps=warmup,
-        warmup_reason=warmup_reason, snippet=code, batch_size=batch_size,
+        schedule=spec.schedule,
+        lr=choice.lr,
+        lr_low=choice.lr_low or choice.lr,
+        lr_high=choice.lr_high or choice.lr,
+        confidence=choice.confidence,
+        train_steps=train_steps,
+        schedule_params=params,
+        warmup_steps=warmup,
+        warmup_reason=warmup_reason,
+        snippet=code,
+        batch_size=batch_size,
         grad_accumulation_steps=spec.grad_accumulation_steps,
         effective_batch_size=batch_size * spec.grad_accumulation_steps,
-        rule=choice.rule, reason=choice.reason, confirmation=confirmation, **extra,
+        rule=choice.rule,
+        reason=choice.reason,
+        confirmation=confirmation,
+        **extra,
     )
 
 

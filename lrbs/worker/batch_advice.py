@@ -53,8 +53,10 @@ def advise_batch_size(job: JobContext, base_lr: float | None, headroom: float = 
     largest, verified = _largest(job, fit, budget, headroom, probes, fits, lr0)
     fitting = [p for p in probes if fits[p.batch_size]]
     if not fitting:
-        raise JobError(f"no candidate batch size fits: {probes[0].note or 'over the memory budget'}; "
-                       "try smaller batch sizes or a larger memory_budget_gb")
+        raise JobError(
+            f"no candidate batch size fits: {probes[0].note or 'over the memory budget'}; "
+            "try smaller batch sizes or a larger memory_budget_gb"
+        )
 
     lrs, scaling = lrs_for(job, [p.batch_size for p in fitting], lr0)
     noise = measure_noise(job, [p.batch_size for p in fitting], lr0)
@@ -119,12 +121,16 @@ def weigh_generalization(chosen: int, times: dict[int, float], val_losses: dict[
     best = min(finite.values())
     ok = [b for b, v in finite.items() if v <= best * (1 + GENERALIZATION_TOLERANCE)]
     if chosen in ok:
-        return chosen, (f"in an equal-epoch check batch {chosen} generalised as well as the best candidate "
-                        f"(validation loss {finite[chosen]:.4g} against {best:.4g})")
-    better = min(ok, key=times.get)
+        return chosen, (
+            f"in an equal-epoch check batch {chosen} generalised as well as the best candidate "
+            f"(validation loss {finite[chosen]:.4g} against {best:.4g})"
+        )
+    better = min(ok, key=lambda b: times[b])
     worse = f"{finite[chosen]:.4g}" if chosen in finite else "diverged"
-    return better, (f"batch {chosen} would be fastest, but in an equal-epoch check it generalised worse "
-                    f"(validation loss {worse} against the best {best:.4g}), so batch {better} is advised instead")
+    return better, (
+        f"batch {chosen} would be fastest, but in an equal-epoch check it generalised worse "
+        f"(validation loss {worse} against the best {best:.4g}), so batch {better} is advised instead"
+    )
 
 
 def time_to_target(batch: int, samples_per_s: float | None, b_noise: float | None) -> float:
@@ -137,8 +143,15 @@ def time_to_target(batch: int, samples_per_s: float | None, b_noise: float | Non
     return (batch + b_noise) / samples_per_s
 
 
-def _largest(job: JobContext, fit: tuple[float, float] | None, budget: float | None, headroom: float,
-             probes: list[bs.StepProbe], fits: dict[int, bool], lr: float) -> tuple[int | None, bool]:
+def _largest(
+    job: JobContext,
+    fit: tuple[float, float] | None,
+    budget: float | None,
+    headroom: float,
+    probes: list[bs.StepProbe],
+    fits: dict[int, bool],
+    lr: float,
+) -> tuple[int | None, bool]:
     """The largest batch that fits: predicted from the memory fit, then checked with one real step."""
     predicted = bs.largest_fitting(fit, budget, headroom)
     ran = [p.batch_size for p in probes if fits[p.batch_size]]
@@ -197,29 +210,52 @@ def measure_noise(job: JobContext, sizes: list[int], lr: float) -> NoiseScaleOut
     if found.b_simple is None:  # |G|² came out ≤ 0: the signal is small against the noise, so measure longer
         more = noise_scale.measure(model, job.loss_fn, big_batches, small, 2 * NOISE_MEASUREMENTS, settings)
         found = noise_scale.estimate(small_sq + more[0], big_sq + more[1], small, b_big)
-    return NoiseScaleOut(b_noise=found.b_simple, low=found.low, high=found.high, measured_at_lr=lr,
-                         after_steps=NOISE_WARMUP_STEPS, batch_sizes=(small, b_big), measurements=found.measurements)
+    return NoiseScaleOut(
+        b_noise=found.b_simple,
+        low=found.low,
+        high=found.high,
+        measured_at_lr=lr,
+        after_steps=NOISE_WARMUP_STEPS,
+        batch_sizes=(small, b_big),
+        measurements=found.measurements,
+    )
 
 
-def explain(soonest: int, chosen: int, b_noise: float | None, fitting, largest: int | None,
-            accumulation: int | None, spec: JobSpec, weighed: str | None) -> str:
+def explain(
+    soonest: int,
+    chosen: int,
+    b_noise: float | None,
+    fitting,
+    largest: int | None,
+    accumulation: int | None,
+    spec: JobSpec,
+    weighed: str | None,
+) -> str:
     fastest = max(fitting, key=lambda p: p.samples_per_s or 0)
     parts = []
     if b_noise is not None:
-        parts.append(f"batch {soonest} reaches a target loss soonest: with the gradient noise scale B_noise ≈ "
-                     f"{b_noise:.3g}, steps fall as S_min·(1 + B_noise/B), so batches far above B_noise buy little "
-                     "per step while costing time per step")
+        parts.append(
+            f"batch {soonest} reaches a target loss soonest: with the gradient noise scale B_noise ≈ "
+            f"{b_noise:.3g}, steps fall as S_min·(1 + B_noise/B), so batches far above B_noise buy little "
+            "per step while costing time per step"
+        )
     else:
-        parts.append(f"batch {soonest} has the highest throughput (the noise scale could not be measured, so every "
-                     "batch size is taken to need the same number of samples)")
+        parts.append(
+            f"batch {soonest} has the highest throughput (the noise scale could not be measured, so every "
+            "batch size is taken to need the same number of samples)"
+        )
     if fastest.batch_size != soonest:
-        parts.append(f"batch {fastest.batch_size} processes the most samples per second "
-                     f"({fastest.samples_per_s:.3g}/s) but needs more of them")
+        parts.append(
+            f"batch {fastest.batch_size} processes the most samples per second "
+            f"({fastest.samples_per_s:.3g}/s) but needs more of them"
+        )
     if weighed:
         parts.append(weighed)
     if largest is not None:
         parts.append(f"the largest batch that fits with headroom is {largest}")
     if accumulation:
-        parts.append(f"{accumulation} accumulation steps of {chosen} reach the effective batch "
-                     f"{spec.target_effective_batch} you asked for")
+        parts.append(
+            f"{accumulation} accumulation steps of {chosen} reach the effective batch "
+            f"{spec.target_effective_batch} you asked for"
+        )
     return "; ".join(parts)

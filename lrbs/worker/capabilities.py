@@ -26,16 +26,24 @@ def describe(policy: PluginPolicy) -> WorkerInfo:
     if torch.cuda.is_available():
         precisions = ["fp32", "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])
     allowed_plugins = {
-        kind: sorted(name for name, target in plugins.installed(kind).items()
-                     if policy.allows(target.partition(":")[0]))
+        kind: sorted(
+            name for name, target in plugins.installed(kind).items() if policy.allows(target.partition(":")[0])
+        )
         for kind in plugins.GROUPS
     }
     return WorkerInfo(
-        hostname=socket.gethostname(), lrbs=lrbs.__version__, torch=torch.__version__,
-        python=platform.python_version(), devices=devices, precisions=precisions,
+        hostname=socket.gethostname(),
+        lrbs=lrbs.__version__,
+        torch=torch.__version__,
+        python=platform.python_version(),
+        devices=devices,
+        precisions=precisions,
         builtins={
-            "models": names(BUILTIN_MODELS), "datasets": names(BUILTIN_DATASETS),
-            "losses": list(get_args(LossName)), "optimizers": list(get_args(OptimizerName)),
+            "models": names(BUILTIN_MODELS),
+            "datasets": names(BUILTIN_DATASETS),
+            "losses": list(get_args(LossName)),
+            "optimizers": list(get_args(OptimizerName)),
         },
-        plugin_modules=list(policy.modules), plugins=allowed_plugins,
+        plugin_modules=list(policy.modules),
+        plugins=allowed_plugins,
     )

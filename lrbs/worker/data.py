@@ -32,8 +32,9 @@ class TrainData:
     val_batches: Callable[[int], Iterable[tuple[Tensor, Tensor]]]  # batch_size -> every validation sample once
 
 
-def load_data(dataset: DatasetSpec, device: torch.device, policy: PluginPolicy,
-              fetch_upload: Callable[[str], Path] | None = None) -> TrainData:
+def load_data(
+    dataset: DatasetSpec, device: torch.device, policy: PluginPolicy, fetch_upload: Callable[[str], Path] | None = None
+) -> TrainData:
     if isinstance(dataset, UploadedDataset):
         if fetch_upload is None:
             raise JobError("this worker cannot fetch uploaded datasets")
@@ -86,9 +87,12 @@ def _tensors(data: builtin_data.Data, device: torch.device, shape: DataShape | N
     x, y = typed(data.x, data.y)
     x_val, y_val = typed(data.x_val, data.y_val)
     return TrainData(
-        shape, lambda batch_size, seed: builtin_data.Batches(x, y, batch_size, seed), len(x),
-        lambda batch_size: [(x_val[i : i + batch_size], y_val[i : i + batch_size])
-                            for i in range(0, len(x_val), batch_size)],
+        shape,
+        lambda batch_size, seed: builtin_data.Batches(x, y, batch_size, seed),
+        len(x),
+        lambda batch_size: [
+            (x_val[i : i + batch_size], y_val[i : i + batch_size]) for i in range(0, len(x_val), batch_size)
+        ],
     )
 
 
@@ -106,18 +110,30 @@ def _from_plugin(made, dataset: PluginDataset, device: torch.device) -> TrainDat
         if not x0.is_floating_point() and x0.shape == y0.shape:  # token data: the vocabulary
             largest = max(largest, int(x0.max()))
         try:
-            shape = infer_shape((len(train), *x0.shape), not x0.is_floating_point(), (len(train), *y0.shape),
-                                  not y0.is_floating_point(), largest)
+            shape = infer_shape(
+                (len(train), *x0.shape),
+                not x0.is_floating_point(),
+                (len(train), *y0.shape),
+                not y0.is_floating_point(),
+                largest,
+            )
         except ValueError as exc:
             raise JobError(f"dataset plugin {dataset.name!r}: {exc}") from None
 
         def loader(batch_size: int, seed: int) -> DataLoader:
-            return DataLoader(train, batch_size=min(batch_size, len(train)), shuffle=True, drop_last=True,
-                              generator=torch.Generator().manual_seed(seed))
+            return DataLoader(
+                train,
+                batch_size=min(batch_size, len(train)),
+                shuffle=True,
+                drop_last=True,
+                generator=torch.Generator().manual_seed(seed),
+            )
 
         return TrainData(shape, loader, len(train), lambda batch_size: DataLoader(made[1], batch_size=batch_size))
-    raise JobError(f"dataset plugin {dataset.name!r} must return (train, val) torch Datasets or arrays "
-                   f"(x, y, x_val, y_val); it returned {type(made).__name__}")
+    raise JobError(
+        f"dataset plugin {dataset.name!r} must return (train, val) torch Datasets or arrays "
+        f"(x, y, x_val, y_val); it returned {type(made).__name__}"
+    )
 
 
 def _largest_label(train: Dataset, y0: Tensor) -> int:
@@ -126,4 +142,4 @@ def _largest_label(train: Dataset, y0: Tensor) -> int:
         return int(train.num_classes) - 1
     if hasattr(train, "targets"):
         return int(torch.as_tensor(train.targets).max())
-    return max(int(torch.as_tensor(train[i][1]).max()) for i in range(len(train)))
+    return max(int(torch.as_tensor(train[i][1]).max()) for i in range(len(train)))  # type: ignore[arg-type]

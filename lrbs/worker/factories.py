@@ -23,10 +23,11 @@ from lrbs.worker.plugins import PluginPolicy
 
 def make_model(model: ModelSpec, shape: DataShape, loss: str | None, policy: PluginPolicy) -> nn.Module:
     if isinstance(model, PluginRef):
-        context = {"input_shape": shape.input_shape}
+        context: dict[str, object] = {"input_shape": shape.input_shape}
         context["vocab_size" if shape.task == "language_modeling" else "num_classes"] = shape.num_outputs
-        net = plugins.call(plugins.resolve("model", model.name, policy), model.name, params=model.params,
-                           context=context)
+        net = plugins.call(
+            plugins.resolve("model", model.name, policy), model.name, params=model.params, context=context
+        )
         if not isinstance(net, nn.Module):
             raise JobError(f"model plugin {model.name!r} returned {type(net).__name__}, not a torch nn.Module")
         return net
@@ -68,22 +69,27 @@ def bce_with_logits(out: Tensor, y: Tensor) -> Tensor:
 
 
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "cross_entropy": cross_entropy, "nll": nll, "bce_with_logits": bce_with_logits,
-    "mse": F.mse_loss, "l1": F.l1_loss,
+    "cross_entropy": cross_entropy,
+    "nll": nll,
+    "bce_with_logits": bce_with_logits,
+    "mse": F.mse_loss,
+    "l1": F.l1_loss,
 }
 
 
 # ----------------------------------------------------------------------------------- optimizer, device
 
 
-def make_optimizer(optimizer: OptimizerSpec | PluginOptimizer, params, lr: float,
-                   policy: PluginPolicy) -> torch.optim.Optimizer:
+def make_optimizer(
+    optimizer: OptimizerSpec | PluginOptimizer, params, lr: float, policy: PluginPolicy
+) -> torch.optim.Optimizer:
     if isinstance(optimizer, PluginOptimizer):
         factory = plugins.resolve("optimizer", optimizer.name, policy)
         made = plugins.call(factory, optimizer.name, list(params), lr, params=optimizer.params)
         if not isinstance(made, torch.optim.Optimizer):
-            raise JobError(f"optimizer plugin {optimizer.name!r} returned {type(made).__name__}, "
-                           "not a torch.optim.Optimizer")
+            raise JobError(
+                f"optimizer plugin {optimizer.name!r} returned {type(made).__name__}, not a torch.optim.Optimizer"
+            )
         return made
     cls = getattr(torch.optim, OPTIMIZER_CLASSES[optimizer.name])
     try:
@@ -100,15 +106,19 @@ def resolve_device(device: str) -> torch.device:
             raise JobError(f"the job asks for device {device}, but this worker has no CUDA GPU; use auto or cpu")
         index = int(device.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
-            raise JobError(f"the job asks for {device}, but this worker has {torch.cuda.device_count()} GPU(s) "
-                           f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+            raise JobError(
+                f"the job asks for {device}, but this worker has {torch.cuda.device_count()} GPU(s) "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
     return torch.device(device)
 
 
 def check_precision(precision: str, device: torch.device) -> None:
     """Refuse what the hardware cannot do, in words the user can act on."""
     if precision == "fp16" and device.type != "cuda":
-        raise JobError(f"precision fp16 needs a CUDA GPU (it trains with a GradScaler); this job runs on "
-                       f"{device}: use bf16 or fp32")
+        raise JobError(
+            f"precision fp16 needs a CUDA GPU (it trains with a GradScaler); this job runs on "
+            f"{device}: use bf16 or fp32"
+        )
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise JobError(f"precision bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 or fp32")

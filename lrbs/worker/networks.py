@@ -14,7 +14,11 @@ from torch.nn import functional as F
 from lrbs.contract.shapes import DataShape
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "silu": nn.SiLU,
     "leaky_relu": nn.LeakyReLU,
 }
 
@@ -23,8 +27,9 @@ def linear(in_features: int, out_features: int) -> nn.Sequential:
     return nn.Sequential(nn.Flatten(), nn.Linear(in_features, out_features))
 
 
-def mlp(in_features: int, out_features: int, hidden: list[int], activation: str, dropout: float,
-        batch_norm: bool) -> nn.Sequential:
+def mlp(
+    in_features: int, out_features: int, hidden: list[int], activation: str, dropout: float, batch_norm: bool
+) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     for h in hidden:
@@ -44,8 +49,12 @@ def cnn(in_channels: int, num_classes: int, channels: list[int], dropout: float)
     layers: list[nn.Module] = []
     width = in_channels
     for c in channels:
-        layers += [nn.Conv2d(width, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
-                   nn.MaxPool2d(2, ceil_mode=True)]
+        layers += [
+            nn.Conv2d(width, c, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+            nn.MaxPool2d(2, ceil_mode=True),
+        ]
         width = c
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(width, num_classes)]
     return nn.Sequential(*layers)
@@ -62,8 +71,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(out_channels))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -77,8 +87,11 @@ def resnet(in_channels: int, num_classes: int, *, depth: int, width: int, stages
     Every stage after the first starts with stride 2; a 3×3 conv with padding 1 keeps a 1×1 map at 1×1,
     so small inputs (8×8 and up, any number of stages) still work, and global pooling fixes the head size.
     """
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                               nn.ReLU()]
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+    ]
     channels = width
     for stage in range(stages):
         out_channels = width * 2**stage
@@ -103,8 +116,7 @@ class CausalSelfAttention(nn.Module):
         n, t, d = x.shape
         # (N, T, 3·D) → three (N, heads, T, D/heads) tensors
         q, k, v = self.qkv(x).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                             is_causal=True)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         return self.resid_dropout(self.proj(out.transpose(1, 2).reshape(n, t, d)))
 
 
@@ -116,8 +128,12 @@ class TransformerBlock(nn.Module):
         self.ln1 = nn.LayerNorm(d_model)
         self.attn = CausalSelfAttention(d_model, heads, dropout)
         self.ln2 = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(),
-                                 nn.Linear(mlp_ratio * d_model, d_model), nn.Dropout(dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, mlp_ratio * d_model),
+            nn.GELU(),
+            nn.Linear(mlp_ratio * d_model, d_model),
+            nn.Dropout(dropout),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.ln1(x))
@@ -127,8 +143,9 @@ class TransformerBlock(nn.Module):
 class TransformerLM(nn.Module):
     """GPT-style decoder-only language model: (N, T) int64 tokens → (N, T, vocab) next-token logits."""
 
-    def __init__(self, vocab_size: int, context: int, layers: int, d_model: int, heads: int, mlp_ratio: int,
-                 dropout: float) -> None:
+    def __init__(
+        self, vocab_size: int, context: int, layers: int, d_model: int, heads: int, mlp_ratio: int, dropout: float
+    ) -> None:
         super().__init__()
         if d_model % heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads})")
@@ -145,8 +162,10 @@ class TransformerLM(nn.Module):
     def forward(self, idx: Tensor) -> Tensor:
         t = idx.shape[1]
         if t > self.context:
-            raise ValueError(f"sequence length {t} exceeds the model's context {self.context}; "
-                             "raise the model's context or shorten the sequences")
+            raise ValueError(
+                f"sequence length {t} exceeds the model's context {self.context}; "
+                "raise the model's context or shorten the sequences"
+            )
         pos = torch.arange(t, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
         for block in self.blocks:
@@ -162,8 +181,9 @@ def _gpt_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def transformer_lm(vocab_size: int, context: int, *, layers: int, d_model: int, heads: int, mlp_ratio: int,
-                   dropout: float) -> TransformerLM:
+def transformer_lm(
+    vocab_size: int, context: int, *, layers: int, d_model: int, heads: int, mlp_ratio: int, dropout: float
+) -> TransformerLM:
     return TransformerLM(vocab_size, context, layers, d_model, heads, mlp_ratio, dropout)
 
 
@@ -178,13 +198,31 @@ def _flat(shape: DataShape) -> int:
 
 BUILDERS: dict[str, Builder] = {
     "linear": lambda p, shape: linear(p.in_features or _flat(shape), p.out_features or shape.num_outputs),
-    "mlp": lambda p, shape: mlp(p.in_features or _flat(shape), p.out_features or shape.num_outputs, p.hidden,
-                                p.activation, p.dropout, p.batch_norm),
-    "cnn": lambda p, shape: cnn(p.in_channels or shape.input_shape[0], p.num_classes or shape.num_outputs,
-                                p.channels, p.dropout),
-    "resnet": lambda p, shape: resnet(p.in_channels or shape.input_shape[0], p.num_classes or shape.num_outputs,
-                                      depth=p.depth, width=p.width, stages=p.stages),
+    "mlp": lambda p, shape: mlp(
+        p.in_features or _flat(shape),
+        p.out_features or shape.num_outputs,
+        p.hidden,
+        p.activation,
+        p.dropout,
+        p.batch_norm,
+    ),
+    "cnn": lambda p, shape: cnn(
+        p.in_channels or shape.input_shape[0], p.num_classes or shape.num_outputs, p.channels, p.dropout
+    ),
+    "resnet": lambda p, shape: resnet(
+        p.in_channels or shape.input_shape[0],
+        p.num_classes or shape.num_outputs,
+        depth=p.depth,
+        width=p.width,
+        stages=p.stages,
+    ),
     "transformer_lm": lambda p, shape: transformer_lm(
-        p.vocab_size or shape.num_outputs, p.context or shape.input_shape[0], layers=p.layers, d_model=p.d_model,
-        heads=p.heads, mlp_ratio=p.mlp_ratio, dropout=p.dropout),
+        p.vocab_size or shape.num_outputs,
+        p.context or shape.input_shape[0],
+        layers=p.layers,
+        d_model=p.d_model,
+        heads=p.heads,
+        mlp_ratio=p.mlp_ratio,
+        dropout=p.dropout,
+    ),
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -44,14 +44,17 @@ def resolve(kind: str, name: str, policy: PluginPolicy) -> Callable[..., Any]:
         found = installed(kind)
         if name not in found:
             known = ", ".join(sorted(found)) or "none"
-            raise JobError(f"no {kind} plugin named {name!r} is installed on this worker "
-                           f"(entry points in {GROUPS[kind]}: {known})")
+            raise JobError(
+                f"no {kind} plugin named {name!r} is installed on this worker (entry points in {GROUPS[kind]}: {known})"
+            )
         target = found[name]
     module, _, attr = target.partition(":")
     if not policy.allows(module):
         allowed = ", ".join(policy.modules) or "nothing"
-        raise JobError(f"{kind} plugin {name!r} lives in module {module!r}, which this worker does not allow; "
-                       f"its operator allows {allowed} (LRBS_PLUGIN_MODULES)")
+        raise JobError(
+            f"{kind} plugin {name!r} lives in module {module!r}, which this worker does not allow; "
+            f"its operator allows {allowed} (LRBS_PLUGIN_MODULES)"
+        )
     try:
         factory = operator.attrgetter(attr)(importlib.import_module(module))
     except (ImportError, AttributeError) as exc:
@@ -61,12 +64,13 @@ def resolve(kind: str, name: str, policy: PluginPolicy) -> Callable[..., Any]:
     return factory
 
 
-def call(factory: Callable[..., Any], name: str, *args: Any, params: dict[str, Any],
-         context: dict[str, Any] | None = None) -> Any:
+def call(
+    factory: Callable[..., Any], name: str, *args: Any, params: dict[str, Any], context: dict[str, Any] | None = None
+) -> Any:
     """Call a factory with the job's params, plus whichever of `context` (input_shape, num_classes,
     vocab_size) it names in its signature and the job did not set."""
     try:
-        accepted = inspect.signature(factory).parameters
+        accepted: Mapping[str, inspect.Parameter] = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         accepted = {}
     extra = {k: v for k, v in (context or {}).items() if k in accepted and k not in params}

@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -41,9 +42,16 @@ class Stop(Exception):
 
 
 class Worker:
-    def __init__(self, url: str, token: str, worker_id: str | None = None, wait_seconds: float = 20.0,
-                 policy: PluginPolicy | None = None, cache_dir: Path | None = None,
-                 memory_headroom: float = MEMORY_HEADROOM):
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        worker_id: str | None = None,
+        wait_seconds: float = 20.0,
+        policy: PluginPolicy | None = None,
+        cache_dir: Path | None = None,
+        memory_headroom: float = MEMORY_HEADROOM,
+    ):
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.wait_seconds = wait_seconds
         self.policy = policy or PluginPolicy()
@@ -51,7 +59,8 @@ class Worker:
         self.registered = False
         self.memory_headroom = memory_headroom
         self.http = httpx.Client(
-            base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"},
+            base_url=url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(10.0, read=wait_seconds + 10.0),
         )
         self.stopping = threading.Event()
@@ -95,12 +104,14 @@ class Worker:
         r = self.http.post("/v1/worker/register", json={"worker_id": self.worker_id, "info": info.model_dump()})
         r.raise_for_status()
         self.registered = True
-        log.info("registered: devices %s, plugin modules allowed: %s",
-                 [d.name for d in info.devices], ", ".join(self.policy.modules) or "none")
+        log.info(
+            "registered: devices %s, plugin modules allowed: %s",
+            [d.name for d in info.devices],
+            ", ".join(self.policy.modules) or "none",
+        )
 
     def claim(self) -> Lease | None:
-        r = self.http.post("/v1/worker/claim", json={"worker_id": self.worker_id,
-                                                     "wait_seconds": self.wait_seconds})
+        r = self.http.post("/v1/worker/claim", json={"worker_id": self.worker_id, "wait_seconds": self.wait_seconds})
         if r.status_code == 204:
             return None
         r.raise_for_status()
@@ -122,12 +133,20 @@ class Worker:
             if self.stopping.is_set():
                 raise Stop("shutdown", f"worker {self.worker_id} shut down during the attempt")
             if time.monotonic() > deadline:
-                raise Stop("timeout", f"the job ran past the service's limit of {lease.max_run_seconds:g} s "
-                                      "(LRBS_MAX_RUN_SECONDS); ask for fewer steps or a smaller model")
+                raise Stop(
+                    "timeout",
+                    f"the job ran past the service's limit of {lease.max_run_seconds:g} s "
+                    "(LRBS_MAX_RUN_SECONDS); ask for fewer steps or a smaller model",
+                )
 
         try:
-            result = advise(lease.spec, on_progress, policy=self.policy, memory_headroom=self.memory_headroom,
-                            fetch_upload=lambda dataset_id: self.fetch_dataset(dataset_id, lease.dataset_sha256))
+            result = advise(
+                lease.spec,
+                on_progress,
+                policy=self.policy,
+                memory_headroom=self.memory_headroom,
+                fetch_upload=lambda dataset_id: self.fetch_dataset(dataset_id, lease.dataset_sha256),
+            )
         except Stop as stop:
             beat.halt()
             self._report_stop(lease, stop)
@@ -195,8 +214,7 @@ class Worker:
             elif r.is_error:
                 log.error("job %s: report %s refused: %s %s", lease.job_id, action, r.status_code, r.text)
             return
-        log.error("job %s: gave up reporting %s; the lease will expire and the job run again",
-                  lease.job_id, action)
+        log.error("job %s: gave up reporting %s; the lease will expire and the job run again", lease.job_id, action)
 
 
 class Heartbeat(threading.Thread):
@@ -216,7 +234,7 @@ class Heartbeat(threading.Thread):
             self.beat()
 
     def beat(self) -> None:
-        body = {"lease_token": self.lease.lease_token}
+        body: dict[str, Any] = {"lease_token": self.lease.lease_token}
         if self.progress is not None:
             body["progress"] = self.progress.model_dump()
         try:

@@ -213,9 +213,12 @@ def lowest(lrs: ArrayLike, losses: ArrayLike) -> Suggestion:
         return _no(curve)
     idx = curve.argmin
     still_falling = " (the loss was still falling when the sweep ended)" if idx == len(curve.loss) - 1 else ""
-    return Suggestion(lr=float(curve.lrs[idx]), index=idx,
-                      reason=f"the loss bottoms out here (point {idx}, centred average of {LOWEST_WINDOW})"
-                      f"{still_falling}" + curve.note)
+    return Suggestion(
+        lr=float(curve.lrs[idx]),
+        index=idx,
+        reason=f"the loss bottoms out here (point {idx}, centred average of {LOWEST_WINDOW})"
+        f"{still_falling}" + curve.note,
+    )
 
 
 def slide(lrs: ArrayLike, smoothed: ArrayLike) -> Suggestion:
@@ -309,16 +312,26 @@ def choose(suggestions: dict[str, Suggestion], schedule: str, sweep_minima: Sequ
             confidence, agreement = "medium", "one sweep, so no agreement to check"
         else:
             confidence = "high" if spread <= CONFIDENT_SPREAD else "medium" if spread <= UNSURE_SPREAD else "low"
-            agreement = f"the {len(found)} sweeps' minima lie within {10 ** spread:.2g}× of each other"
+            agreement = f"the {len(found)} sweeps' minima lie within {10**spread:.2g}× of each other"
         return Choice(
-            lr=lr, rule="lowest×schedule", lr_low=lr * low, lr_high=min(lr * high, at_min), confidence=confidence,
+            lr=lr,
+            rule="lowest×schedule",
+            lr_low=lr * low,
+            lr_high=min(lr * high, at_min),
+            confidence=confidence,
             reason=f"{factor:g} × {at_min:.3g}, the LR where the median range-test curve bottoms out: the "
             f"ratio that trained best with a {schedule} schedule across lrbs's benchmark tasks ({agreement})",
         )
     for name in PREFERENCE:
         s = suggestions.get(name)
         if s is not None and s.lr is not None:
-            return Choice(lr=s.lr, rule=name, lr_low=s.lr / 3, lr_high=s.lr * 2, confidence="low",
-                          reason=f"the curve has no clear minimum, so the {name} rule answered: {s.reason}")
+            return Choice(
+                lr=s.lr,
+                rule=name,
+                lr_low=s.lr / 3,
+                lr_high=s.lr * 2,
+                confidence="low",
+                reason=f"the curve has no clear minimum, so the {name} rule answered: {s.reason}",
+            )
     why = "; ".join(f"{name}: {s.reason}" for name, s in suggestions.items()) or "no rule was run"
     return Choice(lr=None, rule="none", reason=f"no rule could suggest an LR ({why})")

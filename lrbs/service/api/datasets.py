@@ -22,9 +22,11 @@ def to_resource(row: DatasetRow) -> DatasetOut:
     "",
     status_code=201,
     response_model=DatasetOut,
-    responses={200: {"description": "These bytes were uploaded before: the same dataset."},
-               413: {"description": "Larger than LRBS_MAX_UPLOAD_MB."},
-               422: {"description": "Not a dataset lrbs can read; `detail` says why."}},
+    responses={
+        200: {"description": "These bytes were uploaded before: the same dataset."},
+        413: {"description": "Larger than LRBS_MAX_UPLOAD_MB."},
+        422: {"description": "Not a dataset lrbs can read; `detail` says why."},
+    },
     summary="Upload a dataset",
     description="Multipart field `file`: `.npz` with arrays `x` and `y` (optional `x_val`, `y_val`; no pickles), "
     "or `.csv` / `.parquet` with a `target` column (or name it in the form field `target_column`). Integer `x` "

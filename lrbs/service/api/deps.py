@@ -33,8 +33,9 @@ async def limit_body(request: Request) -> None:
     limit = request.app.state.settings.max_spec_bytes
     size = len(await request.body())
     if size > limit:
-        raise TooLarge(f"the request body is {size} bytes; this service accepts at most {limit} "
-                       "(setting LRBS_MAX_SPEC_BYTES)")
+        raise TooLarge(
+            f"the request body is {size} bytes; this service accepts at most {limit} (setting LRBS_MAX_SPEC_BYTES)"
+        )
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

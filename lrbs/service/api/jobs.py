@@ -30,8 +30,9 @@ def to_resource(job: JobRow) -> Job:
     description="Queues an LR range test. Answers 202 with `Location: /v1/jobs/{id}`; poll it for "
     "`state`, `progress` and, once succeeded, `result`.",
 )
-async def submit(spec: JobSpec, request: Request, response: Response, sessions: SessionsDep,
-                 settings: SettingsDep) -> Job:
+async def submit(
+    spec: JobSpec, request: Request, response: Response, sessions: SessionsDep, settings: SettingsDep
+) -> Job:
     check_limits(spec, settings)
 
     def write() -> Job:

@@ -41,8 +41,12 @@ async def claim(body: ClaimRequest, request: Request, sessions: SessionsDep, set
                 return None
             data_sha = dataset_store.get(session, job.dataset_id).data_sha256 if job.dataset_id else None
         return Lease(
-            job_id=job.id, lease_token=job.lease_token, lease_seconds=settings.lease_seconds,
-            attempt=job.attempts, max_run_seconds=settings.max_run_seconds, spec=job.spec,
+            job_id=job.id,
+            lease_token=job.lease_token,
+            lease_seconds=settings.lease_seconds,
+            attempt=job.attempts,
+            max_run_seconds=settings.max_run_seconds,
+            spec=job.spec,
             dataset_sha256=data_sha,
         )
 
@@ -107,10 +111,14 @@ def register(body: Registration, sessions: SessionsDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/datasets/{dataset_id}", summary="Download an uploaded dataset as canonical .npz",
-            response_class=FileResponse)
+@router.get(
+    "/datasets/{dataset_id}", summary="Download an uploaded dataset as canonical .npz", response_class=FileResponse
+)
 def download_dataset(dataset_id: str, sessions: SessionsDep, settings: SettingsDep) -> FileResponse:
     with transaction(sessions) as session:
         row = dataset_store.get(session, dataset_id)
-    return FileResponse(dataset_store.blob_path(settings, row.sha256), media_type="application/octet-stream",
-                        headers={"X-Content-SHA256": row.data_sha256})
+    return FileResponse(
+        dataset_store.blob_path(settings, row.sha256),
+        media_type="application/octet-stream",
+        headers={"X-Content-SHA256": row.data_sha256},
+    )

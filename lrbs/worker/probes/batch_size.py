@@ -51,11 +51,19 @@ class StepProbe:
 
 def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and any(m in str(exc) for m in OOM_MESSAGES))
+        isinstance(exc, RuntimeError) and any(m in str(exc) for m in OOM_MESSAGES)
+    )
 
 
-def probe(make: Make, loss_fn: LossFn, batch: Batch, batch_size: int, device: torch.device,
-          timed_steps: int = TIMED_STEPS, step_settings: StepSettings | None = None) -> StepProbe:
+def probe(
+    make: Make,
+    loss_fn: LossFn,
+    batch: Batch,
+    batch_size: int,
+    device: torch.device,
+    timed_steps: int = TIMED_STEPS,
+    step_settings: StepSettings | None = None,
+) -> StepProbe:
     """One candidate: a measured first step, then WARMUP_STEPS untimed and `timed_steps` timed ones.
 
     Each step is a full optimizer step as the job runs it (`step_settings`: precision, accumulation over
@@ -89,7 +97,7 @@ def probe(make: Make, loss_fn: LossFn, batch: Batch, batch_size: int, device: to
             raise
         return StepProbe(batch_size, False, None, None, note=f"out of memory: {str(exc).splitlines()[0][:200]}")
     finally:
-        model = optimizer = step = None  # drop the candidate's tensors before the next one is measured
+        model = optimizer = step = None  # type: ignore[assignment]  # drop the candidate's tensors before the next
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

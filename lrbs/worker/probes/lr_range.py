@@ -101,8 +101,7 @@ def lr_range_test(
     model.train()
     step_fn = TrainingStep(model, loss_fn, optimizer, step_settings)
     # One row per LR point, one column per micro-batch; on device until a chunk ends.
-    loss_buf = torch.empty(num_steps, step_settings.grad_accumulation_steps, dtype=torch.float32,
-                           device=step_fn.device)
+    loss_buf = torch.empty(num_steps, step_settings.grad_accumulation_steps, dtype=torch.float32, device=step_fn.device)
     data = forever(batches)
 
     curve_lrs: list[float] = []
@@ -152,9 +151,7 @@ def lr_range_test(
     )
 
 
-def _copy_for_probe(
-    model: nn.Module, optimizer: torch.optim.Optimizer
-) -> tuple[nn.Module, torch.optim.Optimizer]:
+def _copy_for_probe(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
     """A deep copy of the model and a fresh optimizer of the same class over the copy's parameters,
     carrying a deep copy of the caller's optimizer state (momentum buffers, Adam moments, step counts).
     """
@@ -174,4 +171,3 @@ def _copy_for_probe(
     # state_dict() hands out the caller's own state tensors and load_state_dict may keep them: copy first.
     optimizer_copy.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     return model_copy, optimizer_copy
-

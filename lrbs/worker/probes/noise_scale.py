@@ -30,8 +30,9 @@ class NoiseScale:
     measurements: int
 
 
-def estimate(small_sq: Iterable[float], big_sq: Iterable[float], b_small: int, b_big: int,
-             resamples: int = 1000, seed: int = 0) -> NoiseScale:
+def estimate(
+    small_sq: Iterable[float], big_sq: Iterable[float], b_small: int, b_big: int, resamples: int = 1000, seed: int = 0
+) -> NoiseScale:
     """B_simple from paired squared norms |G_b|² (batch b_small) and |G_B|² (batch b_big)."""
     small, big = np.asarray(list(small_sq), float), np.asarray(list(big_sq), float)
     if b_big <= b_small or len(small) == 0 or len(small) != len(big):
@@ -48,12 +49,19 @@ def estimate(small_sq: Iterable[float], big_sq: Iterable[float], b_small: int, b
     boots = np.array([ratio(rng.integers(0, len(g2), len(g2))) for _ in range(resamples)])
     boots = boots[np.isfinite(boots)]
     low, high = (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))) if len(boots) else (None, None)
-    return NoiseScale(b_simple=float(whole) if np.isfinite(whole) else None, grad_sq=float(g2.mean()),
-                      trace_sigma=float(tr.mean()), low=low, high=high, measurements=len(g2))
+    return NoiseScale(
+        b_simple=float(whole) if np.isfinite(whole) else None,
+        grad_sq=float(g2.mean()),
+        trace_sigma=float(tr.mean()),
+        low=low,
+        high=high,
+        measurements=len(g2),
+    )
 
 
-def squared_grad_norm(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
-                      step_settings: StepSettings | None = None) -> Tensor:
+def squared_grad_norm(
+    model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, step_settings: StepSettings | None = None
+) -> Tensor:
     """|∇L|² of the mean loss over this batch (forward as the job's steps run it), left on the device."""
     settings = step_settings or StepSettings()
     x, y = settings.to_device(x, y, device_of(model))
@@ -61,12 +69,18 @@ def squared_grad_norm(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
     with settings.autocast(device_of(model)):
         loss = loss_fn(model(x), y)
     loss.backward()
-    return sum((p.grad.detach().float() ** 2).sum() for p in model.parameters() if p.grad is not None)
+    grads = [p.grad.detach().float() for p in model.parameters() if p.grad is not None]
+    return torch.stack([(g**2).sum() for g in grads]).sum()
 
 
-def measure(model: nn.Module, loss_fn: LossFn, big_batches: Iterator[tuple[Tensor, Tensor]],
-            b_small: int, measurements: int,
-            step_settings: StepSettings | None = None) -> tuple[list[float], list[float], int]:
+def measure(
+    model: nn.Module,
+    loss_fn: LossFn,
+    big_batches: Iterator[tuple[Tensor, Tensor]],
+    b_small: int,
+    measurements: int,
+    step_settings: StepSettings | None = None,
+) -> tuple[list[float], list[float], int]:
     """Norms at the model's current weights: each big batch gives |G_B|², and its first b_small samples |G_b|².
 
     The model is not stepped. Returns (small norms, big norms, big batch size); one host sync at the end.

@@ -67,10 +67,10 @@ class StepSettings:
 
 
 def device_of(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -80,8 +80,9 @@ class TrainingStep:
     Returns the micro-batches' losses as a device tensor (one per micro-batch, float32), never read back here.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
-                 settings: StepSettings | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, settings: StepSettings | None = None
+    ) -> None:
         self.settings = settings or StepSettings()
         self.device = device_of(model)
         self.settings.check_device(self.device)

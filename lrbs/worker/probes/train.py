@@ -21,8 +21,13 @@ CHECK_EVERY = 25  # steps between divergence checks (one host sync each)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loss_fn: LossFn, val_batches: Iterable[tuple[Tensor, Tensor]],
-             step_settings: StepSettings | None = None, device: torch.device | None = None) -> float:
+def evaluate(
+    model: nn.Module,
+    loss_fn: LossFn,
+    val_batches: Iterable[tuple[Tensor, Tensor]],
+    step_settings: StepSettings | None = None,
+    device: torch.device | None = None,
+) -> float:
     """Mean loss per sample over the validation set (inf if it is not finite)."""
     settings, device = step_settings or StepSettings(), device or device_of(model)
     was_training = model.training
@@ -37,11 +42,19 @@ def evaluate(model: nn.Module, loss_fn: LossFn, val_batches: Iterable[tuple[Tens
     return mean if math.isfinite(mean) else math.inf
 
 
-def train(model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
-          batches: Iterable[tuple[Tensor, Tensor]], val_batches: Iterable[tuple[Tensor, Tensor]], *,
-          schedule: str, schedule_params: dict[str, Any], steps: int,
-          on_progress: Callable[[int, int], None] | None = None,
-          step_settings: StepSettings | None = None) -> float:
+def train(
+    model: nn.Module,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    val_batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    schedule: str,
+    schedule_params: dict[str, Any],
+    steps: int,
+    on_progress: Callable[[int, int], None] | None = None,
+    step_settings: StepSettings | None = None,
+) -> float:
     """Train `model` in place for `steps` optimizer steps; return the final validation loss (inf if diverged).
 
     Each step runs as `step_settings` say (precision, accumulation, clipping, channels-last)."""

@@ -22,5 +22,7 @@ def torch_blobs(n=512, features=8, classes=3, seed=0):
     """(train, val) torch Datasets."""
     x, y = _make(n, features, classes, seed)
     cut = int(n * 0.8)
-    return (TensorDataset(torch.from_numpy(x[:cut]), torch.from_numpy(y[:cut])),
-            TensorDataset(torch.from_numpy(x[cut:]), torch.from_numpy(y[cut:])))
+    return (
+        TensorDataset(torch.from_numpy(x[:cut]), torch.from_numpy(y[:cut])),
+        TensorDataset(torch.from_numpy(x[cut:]), torch.from_numpy(y[cut:])),
+    )

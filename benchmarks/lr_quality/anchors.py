@@ -6,8 +6,12 @@
 - Lightning (`Tuner.lr_find`): exponential sweep, its defaults otherwise (debiased EMA β=0.98, stop
   at 4 × best), and `.suggestion()` (its own default rule).
 
-See /work/shared/RESEARCH.md, "LR range test", for how they differ. Both packages are an optional
-extra (`[bench]`): they are imported inside the functions, so this module imports without them.
+How they differ: pytorch-lr-finder smooths with an undebiased EMA (0.05·loss + 0.95·previous) and stops at
+5 × the best smoothed loss (a NaN never trips it); Lightning (like fastai) uses a debiased EMA and stops at
+4 × best from the second step on. pytorch-lr-finder's suggestion is the argmin of the smoothed loss's
+gradient against the step index; Lightning since 2.5.3 takes that gradient against the raw LR (its PR
+#21055), which on exponential sweeps over-weights the low-LR end (its issue #21141). Both packages are an
+optional extra (`[bench]`): they are imported inside the functions, so this module imports without them.
 
 Data: both finders get the same stream, the first `num_steps` batches drawn from `batches` the way
 lrbs's range test draws them (re-iterating it after each pass, so a `worker.builtin_data.Batches` gives

@@ -4,7 +4,7 @@ Pure functions over a file on disk: no HTTP, no database. The API layer streams 
 (enforcing the upload size limit), calls `parse_upload`, stores `write_canonical`'s .npz for the workers
 and turns `UploadError` into a 422 whose detail is the error's message, shown to the user as-is.
 
-No pickle from users (DESIGN.md, hard lines): .npz members are read with allow_pickle=False after their
+No pickle from users, ever (a user's pickle runs code on the service): .npz members are read with allow_pickle=False after their
 headers are checked, CSV is read with the `csv` module and Parquet with pyarrow (imported lazily).
 
 Canonical arrays, whatever the format:

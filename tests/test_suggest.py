@@ -1,4 +1,4 @@
-"""Tests for the LR suggestion rules in worker/suggest.py, on hand-made range-test curves."""
+"""Tests for the LR suggestion rules in lrbs/worker/suggest.py, on hand-made range-test curves."""
 
 import math
 

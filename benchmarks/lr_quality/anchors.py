@@ -14,7 +14,7 @@ gradient against the step index; Lightning since 2.5.3 takes that gradient again
 optional extra (`[bench]`): they are imported inside the functions, so this module imports without them.
 
 Data: both finders get the same stream, the first `num_steps` batches drawn from `batches` the way
-lrbs's range test draws them (re-iterating it after each pass, so a `worker.builtin_data.Batches` gives
+lrbs's range test draws them (re-iterating it after each pass, so a `lrbs.worker.builtin_data.Batches` gives
 a fresh shuffle every epoch). `batches` must be re-iterable when `num_steps` exceeds one pass. A
 stateful iterable (like `Batches`) advances: pass each finder (and lrbs) its own fresh copy.
 

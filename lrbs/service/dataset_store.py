@@ -1,6 +1,6 @@
 """Uploaded datasets: validated once on the way in, stored content-addressed, served to workers.
 
-Each upload is parsed by service/uploads.py into canonical arrays (x, y, optional x_val and y_val) and
+Each upload is parsed by lrbs/service/uploads.py into canonical arrays (x, y, optional x_val and y_val) and
 kept as `<data_dir>/datasets/<sha256 of the upload>.npz`, so workers need numpy only and never see
 the user's original file format.
 """

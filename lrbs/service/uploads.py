@@ -4,8 +4,9 @@ Pure functions over a file on disk: no HTTP, no database. The API layer streams 
 (enforcing the upload size limit), calls `parse_upload`, stores `write_canonical`'s .npz for the workers
 and turns `UploadError` into a 422 whose detail is the error's message, shown to the user as-is.
 
-No pickle from users, ever (a user's pickle runs code on the service): .npz members are read with allow_pickle=False after their
-headers are checked, CSV is read with the `csv` module and Parquet with pyarrow (imported lazily).
+No pickle from users, ever (a user's pickle runs code on the service): .npz members are read with
+allow_pickle=False after their headers are checked, CSV is read with the `csv` module and Parquet with
+pyarrow (imported lazily).
 
 Canonical arrays, whatever the format:
 - language modelling (integer x and y of equal shape (N, T)): x and y int64 token ids ≥ 0;
@@ -51,7 +52,7 @@ class UploadError(ValueError):
 class ParsedDataset:
     format: str  # "npz" | "csv" | "parquet"
     arrays: dict[str, np.ndarray]  # canonical: "x", "y", and optionally "x_val", "y_val"
-    shape: DataShape  # from spec.infer_shape on the canonical arrays
+    shape: DataShape  # from lrbs.contract.shapes.infer_shape on the canonical arrays
 
     @property
     def shapes(self) -> dict[str, list[int]]:

@@ -1,7 +1,7 @@
 """LR suggestion rules over an LR range-test curve (Smith 2015, "Cyclical Learning Rates").
 
 Each rule takes the swept learning rates and the smoothed loss of each step (lists or numpy
-arrays, as `worker/probes/lr_range.py` returns them) and gives a `Suggestion`. No rule raises on
+arrays, as `lrbs/worker/probes/lr_range.py` returns them) and gives a `Suggestion`. No rule raises on
 bad input: short, flat, rising, non-finite or mismatched curves give `Suggestion(None, None, reason)`.
 `choose` is the one place that turns the rules' answers into the recommended LR.
 

@@ -2,7 +2,7 @@
 
 Train for `num_steps` optimizer steps while the learning rate sweeps from `min_lr` to `max_lr`,
 record the loss of every step, and stop once the loss blows up. The curve feeds the suggestion
-rules in `worker/suggest.py`.
+rules in `lrbs/worker/suggest.py`.
 
 A plain function over (model, loss_fn, optimizer, batches): no HTTP, no database. It trains a
 copy, so the caller's model and optimizer come back bit-for-bit as they went in, even when the

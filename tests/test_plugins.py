@@ -68,6 +68,16 @@ def test_a_module_not_allow_listed_is_refused_and_never_imported(with_plugins):
     assert not with_plugins.exists() and "lrbs_test_evil" not in sys.modules
 
 
+def test_a_re_export_in_an_allowed_package_is_refused_before_it_runs(with_plugins, tmp_path):
+    """`lrbs_test_plugins:system` is os.system re-exported: the allow-list checks where the code lives."""
+    mark = tmp_path / "ran"
+    spec = plugin_spec(model={"source": "plugin", "name": "lrbs_test_plugins:system", "params": {}})
+    spec.model.params["command"] = f"touch {mark}"
+    with pytest.raises(JobError, match="defined in module 'posix'.*does not allow"):
+        advise(spec, policy=ALLOWED)
+    assert not mark.exists()
+
+
 def test_entry_points_are_found_by_name(with_plugins):
     spec = plugin_spec(
         model={"source": "plugin", "name": "team-mlp"},

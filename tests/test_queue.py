@@ -86,17 +86,19 @@ def test_retryable_failures_requeue_until_attempts_run_out(sessions, settings):
         lease = claim(sessions, settings)
         assert lease.attempts == attempt
         with transaction(sessions) as session:
-            queue.fail(session, job_id, lease.lease_token, "worker shut down", retryable=True)
+            queue.fail(session, job_id, lease.lease_token, "worker shut down", retryable=True, kind="shutdown")
         job = state(sessions, job_id)
-        assert job.state == expected and job.error == {"message": "worker shut down", "attempt": attempt}
+        assert job.state == expected
+        assert job.error == {"message": "worker shut down", "kind": "shutdown", "attempt": attempt}
 
 
 def test_a_job_error_fails_at_once(sessions, settings):
     (job_id,) = submit(sessions, settings)
     lease = claim(sessions, settings)
     with transaction(sessions) as session:
-        queue.fail(session, job_id, lease.lease_token, "no CUDA here", retryable=False)
-    assert state(sessions, job_id).state == "failed"
+        queue.fail(session, job_id, lease.lease_token, "no CUDA here", retryable=False, kind="invalid_job")
+    job = state(sessions, job_id)
+    assert job.state == "failed" and job.error["kind"] == "invalid_job"
 
 
 def test_an_expired_lease_requeues_and_fences_out_the_old_worker(sessions, settings):

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from lrbs.contract.common import PluginRef, Strict, source_of
+from lrbs.contract.common import Params, PluginRef, Strict, source_of
 
 TABLE_FILE = Path(__file__).with_name("optimizer_keywords.json")
 OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"]
@@ -53,7 +53,7 @@ def _kind_problem(kind: str, value: Any) -> str | None:
 class OptimizerSpec(Strict):
     source: Literal["builtin"] = "builtin"
     name: OptimizerName
-    params: dict[str, Any] = Field(
+    params: Params = Field(
         default_factory=dict,
         description="Keyword arguments of the torch optimizer (momentum, betas, weight_decay, ...); "
         "checked against its real signature. `lr` is what lrbs searches, so it is not accepted here.",

@@ -6,9 +6,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from lrbs.contract.common import Precision
+from lrbs.contract.common import Model, Precision
 from lrbs.contract.job_spec import JobSpec
 from lrbs.contract.results import Result
 from lrbs.contract.shapes import DataShape
@@ -28,19 +28,31 @@ class JobState(StrEnum):
 TERMINAL_STATES = (JobState.succeeded, JobState.failed, JobState.cancelled)
 
 
-class Progress(BaseModel):
+class Progress(Model):
     phase: str = Field(description="What the worker is doing: queued, setup, lr_range, done.")
     step: int = 0
     total: int = 0
     fraction: float = Field(0.0, ge=0, le=1)
 
 
-class JobErrorDetail(BaseModel):
+ErrorKind = Literal["invalid_job", "internal", "timeout", "shutdown", "lease_expired", "out_of_memory", "killed"]
+
+
+class JobErrorDetail(Model):
+    """Why an attempt ended without a result, in words a user can act on (never a traceback or a server path)."""
+
     message: str
+    kind: ErrorKind = Field(
+        "internal",
+        description="invalid_job: the job asks for something that cannot run (fix the spec); internal: an "
+        "unexpected error in lrbs (the worker's log has the details under the job id); timeout: past "
+        "LRBS_MAX_RUN_SECONDS; shutdown: the worker stopped (retried); lease_expired: the worker stopped "
+        "reporting (retried); out_of_memory / killed: the job exceeded its memory ceiling or was stopped hard.",
+    )
     attempt: int
 
 
-class Job(BaseModel):
+class Job(Model):
     id: str
     state: JobState
     progress: Progress
@@ -56,7 +68,7 @@ class Job(BaseModel):
     error: JobErrorDetail | None = None
 
 
-class DatasetOut(BaseModel):
+class DatasetOut(Model):
     id: str = Field(description='Use as {"source": "upload", "id": ...} in a job\'s dataset.')
     sha256: str = Field(description="Of the uploaded bytes: the same bytes always give the same id.")
     filename: str
@@ -69,18 +81,18 @@ class DatasetOut(BaseModel):
     created_at: datetime
 
 
-class DatasetPage(BaseModel):
+class DatasetPage(Model):
     datasets: list[DatasetOut]
     next_page_token: str | None = None
 
 
-class DeviceInfo(BaseModel):
+class DeviceInfo(Model):
     name: str = Field(description="cpu, cuda:0, ...")
     model: str | None = None
     memory_gb: float | None = None
 
 
-class WorkerInfo(BaseModel):
+class WorkerInfo(Model):
     """What a worker reports when it connects: what it can run."""
 
     hostname: str
@@ -94,7 +106,7 @@ class WorkerInfo(BaseModel):
     plugins: dict[str, list[str]] = Field(description="Installed entry points per kind, with their modules allowed.")
 
 
-class WorkerOut(BaseModel):
+class WorkerOut(Model):
     id: str
     online: bool = Field(description="Heard from within LRBS_WORKER_ONLINE_SECONDS.")
     running_job_id: str | None = None
@@ -103,10 +115,10 @@ class WorkerOut(BaseModel):
     last_seen_at: datetime
 
 
-class WorkerList(BaseModel):
+class WorkerList(Model):
     workers: list[WorkerOut]
 
 
-class JobPage(BaseModel):
+class JobPage(Model):
     jobs: list[Job]
     next_page_token: str | None = Field(None, description="Pass as page_token for the next page.")

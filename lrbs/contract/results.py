@@ -4,28 +4,29 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from lrbs.contract.common import Model
 from lrbs.contract.job_spec import ScheduleName
 
 
-class Curve(BaseModel):
+class Curve(Model):
     lr: list[float]
     loss: list[float]
     smoothed_loss: list[float]
 
 
-class SuggestionOut(BaseModel):
+class SuggestionOut(Model):
     lr: float | None
     reason: str
 
 
-class Candidate(BaseModel):
+class Candidate(Model):
     lr: float
     val_loss: float | None = Field(description="Final validation loss of the short confirmation run (null: diverged).")
 
 
-class Recommendation(BaseModel):
+class Recommendation(Model):
     """Settings a training pipeline can use as-is."""
 
     schedule: ScheduleName
@@ -61,7 +62,7 @@ class Recommendation(BaseModel):
     )
 
 
-class BatchCandidate(BaseModel):
+class BatchCandidate(Model):
     batch_size: int
     fits: bool = Field(description="A full training step ran within the memory budget, with headroom.")
     peak_memory_mb: float | None = Field(
@@ -81,7 +82,7 @@ class BatchCandidate(BaseModel):
     note: str | None = Field(None, description="Why it does not fit, for example.")
 
 
-class NoiseScaleOut(BaseModel):
+class NoiseScaleOut(Model):
     b_noise: float | None = Field(description="B_simple = tr(Σ)/|G|² (McCandlish et al. 2018); the critical batch.")
     low: float | None = Field(description="95% bootstrap interval.")
     high: float | None
@@ -91,7 +92,7 @@ class NoiseScaleOut(BaseModel):
     measurements: int
 
 
-class BatchSizeAdvice(BaseModel):
+class BatchSizeAdvice(Model):
     batch_size: int = Field(description="The recommended batch size.")
     lr: float | None = Field(description="The LR that goes with it.")
     lr_scaling: str = Field(description="How the LR was set per batch size (probe, linear, sqrt, interpolated).")
@@ -109,14 +110,14 @@ class BatchSizeAdvice(BaseModel):
     reason: str
 
 
-class Environment(BaseModel):
+class Environment(Model):
     device: str
     torch: str
     python: str
     lrbs: str
 
 
-class Result(BaseModel):
+class Result(Model):
     curve: Curve
     suggestions: dict[str, SuggestionOut]
     recommendation: Recommendation | None = Field(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from lrbs.contract.common import Model
 
 Task = Literal["classification", "regression", "language_modeling"]
 
@@ -20,7 +20,7 @@ LOSSES_BY_TASK: dict[str, tuple[str, ...]] = {
 DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse", "language_modeling": "cross_entropy"}
 
 
-class DataShape(BaseModel):
+class DataShape(Model):
     """What a model needs to know about its data. Derived from the data, never sent by clients."""
 
     task: Task

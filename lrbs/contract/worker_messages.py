@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from lrbs.contract.common import Strict
+from lrbs.contract.common import Model, Strict
 from lrbs.contract.job_spec import JobSpec
-from lrbs.contract.resources import Progress, WorkerInfo
+from lrbs.contract.resources import ErrorKind, Progress, WorkerInfo
 from lrbs.contract.results import Result
 
 
@@ -20,7 +20,7 @@ class Registration(Strict):
     info: WorkerInfo
 
 
-class Lease(BaseModel):
+class Lease(Model):
     job_id: str
     lease_token: str
     lease_seconds: float
@@ -35,7 +35,7 @@ class Heartbeat(Strict):
     progress: Progress | None = None
 
 
-class HeartbeatReply(BaseModel):
+class HeartbeatReply(Model):
     cancel_requested: bool
 
 
@@ -47,6 +47,7 @@ class Completion(Strict):
 class Failure(Strict):
     lease_token: str
     message: str = Field(max_length=10_000)
+    kind: ErrorKind = "internal"
     retryable: bool = Field(
         False, description="True when another attempt may succeed (e.g. the worker is shutting down)."
     )

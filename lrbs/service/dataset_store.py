@@ -7,6 +7,7 @@ the user's original file format.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -19,6 +20,8 @@ from sqlalchemy.orm import Session
 from lrbs.contract.job_spec import UploadedDataset
 from lrbs.contract.resources import JobState
 from lrbs.contract.shapes import DataShape
+from lrbs.files import file_sha256
+from lrbs.redact import without_paths
 from lrbs.service.errors import Conflict, NotFound, TooLarge, Unprocessable
 from lrbs.service.pagination import newest_first
 from lrbs.service.queue import utcnow
@@ -70,12 +73,20 @@ def prepare(
             path, filename, target_column=target_column, max_array_bytes=int(settings.max_unpacked_mb * (1 << 20))
         )
     except UploadError as exc:
-        raise Unprocessable(str(exc), errors=[{"field": "file", "message": str(exc)}]) from None
+        message = without_paths(str(exc))
+        raise Unprocessable(message, errors=[{"field": "file", "message": message}]) from None
     blob = blob_path(settings, sha256)
     blob.parent.mkdir(parents=True, exist_ok=True)
-    staging = blob.with_suffix(".tmp")
-    write_canonical(parsed, staging)
-    os.replace(staging, blob)  # atomic: a worker never reads half a file
+    fd, staging = tempfile.mkstemp(dir=blob.parent, suffix=".part")  # one per upload: concurrent ones never share
+    os.close(fd)
+    try:
+        write_canonical(parsed, Path(staging))
+        # Atomic, and never replaces: of concurrent identical uploads the first file stays, and every row
+        # hashes the file that is really stored (.npz bytes differ between writes: zip timestamps).
+        with contextlib.suppress(FileExistsError):
+            os.link(staging, blob)
+    finally:
+        Path(staging).unlink(missing_ok=True)
     return DatasetRow(
         id=sha256[:32],
         sha256=sha256,
@@ -89,14 +100,6 @@ def prepare(
         shape=parsed.shape.model_dump(mode="json"),
         created_at=utcnow(),
     )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def existing(session: Session, sha256: str, target_column: str | None) -> DatasetRow | None:

@@ -23,7 +23,7 @@ def decode_token(token: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         created, row_id = json.loads(raw)
         return datetime.fromisoformat(created), str(row_id)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise Problem("page_token is not one this API issued; pass next_page_token from the previous page") from exc
 
 

@@ -93,16 +93,17 @@ def cancel(session: Session, job_id: str) -> JobRow:
             .execution_options(synchronize_session=False)
         )
     )
-    if not done:
+    flagged = done or _rowcount(
         session.execute(
             update(JobRow)
             .where(JobRow.id == job_id, JobRow.state == JobState.running)
             .values(cancel_requested=True, updated_at=now)
             .execution_options(synchronize_session=False)
         )
+    )
     job = get(session, job_id)
     session.refresh(job)
-    if job.state in (JobState.succeeded, JobState.failed):
+    if not flagged:
         raise Conflict(f"job {job_id} already ended {job.state}; only queued or running jobs can be cancelled")
     return job
 
@@ -181,13 +182,15 @@ def heartbeat(session: Session, job_id: str, lease_token: str, prog: Progress | 
     return bool(row[0])
 
 
-def _finish(session: Session, job_id: str, lease_token: str, state: str, **values) -> bool:
+def _finish(session: Session, job_id: str, lease_token: str, state: str, cancelled: bool = False, **values) -> bool:
+    """End a running attempt whose lease matches; only a job whose cancel flag equals `cancelled` (succeeded:
+    no cancel requested; cancelled: one was)."""
     now = utcnow()
     return bool(
         _rowcount(
             session.execute(
                 update(JobRow)
-                .where(*_running(job_id, lease_token))
+                .where(*_running(job_id, lease_token), JobRow.cancel_requested == cancelled)
                 .values(state=state, finished_at=now, updated_at=now, lease_expires_at=None, **values)
                 .execution_options(synchronize_session=False)
             )
@@ -196,31 +199,37 @@ def _finish(session: Session, job_id: str, lease_token: str, state: str, **value
 
 
 def complete(session: Session, job_id: str, lease_token: str, result: Result) -> None:
-    """Store the result. Repeating the call with the same lease is a no-op (at-least-once delivery)."""
+    """Store the result. Repeating the call with the same lease is a no-op (at-least-once delivery).
+
+    A cancel accepted while the job ran wins: the job ends cancelled and the late result is discarded."""
     payload = result.model_dump(mode="json")
     steps = result.steps_run
     done = progress("done", steps, steps)
     if _finish(session, job_id, lease_token, JobState.succeeded, result=payload, progress=done, error=None):
         return
+    if _finish(session, job_id, lease_token, JobState.cancelled, cancelled=True, progress=progress("cancelled")):
+        return
     job = get(session, job_id)
-    if not (job.state == JobState.succeeded and job.lease_token == lease_token):
+    if not (job.state in (JobState.succeeded, JobState.cancelled) and job.lease_token == lease_token):
         raise _lease_lost(session, job_id)
 
 
-def fail(session: Session, job_id: str, lease_token: str, message: str, retryable: bool) -> JobRow:
+def fail(
+    session: Session, job_id: str, lease_token: str, message: str, retryable: bool, kind: str = "internal"
+) -> JobRow:
     job = session.scalars(select(JobRow).where(*_running(job_id, lease_token)).with_for_update()).first()
     if job is None:
         job = get(session, job_id)
         if job.state in (JobState.failed, JobState.queued, JobState.cancelled) and job.lease_token == lease_token:
             return job  # a repeated report of the same failure
         raise _lease_lost(session, job_id)
-    _end_attempt(job, message, retryable)
+    _end_attempt(job, message, retryable, kind)
     return job
 
 
 def mark_cancelled(session: Session, job_id: str, lease_token: str) -> None:
     """The worker stopped the job because the user asked to."""
-    if _finish(session, job_id, lease_token, JobState.cancelled, progress=progress("cancelled")):
+    if _finish(session, job_id, lease_token, JobState.cancelled, cancelled=True, progress=progress("cancelled")):
         return
     job = get(session, job_id)
     if not (job.state == JobState.cancelled and job.lease_token == lease_token):
@@ -239,14 +248,15 @@ def reap(session: Session) -> int:
             job,
             f"worker {job.worker_id} stopped reporting (its lease expired) during attempt {job.attempts}",
             retryable=True,
+            kind="lease_expired",
         )
     return len(expired)
 
 
-def _end_attempt(job: JobRow, message: str, retryable: bool) -> None:
+def _end_attempt(job: JobRow, message: str, retryable: bool, kind: str) -> None:
     """The one place that decides where a running job goes when its attempt ends without a result."""
     now = utcnow()
-    job.error = JobErrorDetail(message=message, attempt=job.attempts).model_dump()
+    job.error = JobErrorDetail.model_validate({"message": message, "kind": kind, "attempt": job.attempts}).model_dump()
     job.lease_expires_at = None
     job.updated_at = now
     if job.cancel_requested:

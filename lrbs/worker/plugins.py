@@ -61,6 +61,15 @@ def resolve(kind: str, name: str, policy: PluginPolicy) -> Callable[..., Any]:
         raise JobError(f"cannot load {kind} plugin {target!r} on this worker: {exc}") from None
     if not callable(factory):
         raise JobError(f"{kind} plugin {target!r} is not callable")
+    # The allow-list is about the code that runs, not the module that names it: a re-export such as
+    # `from os import system` in an allowed package still lives in an unallowed module.
+    home = getattr(factory, "__module__", None) or module
+    if not policy.allows(home):
+        allowed = ", ".join(policy.modules) or "nothing"
+        raise JobError(
+            f"{kind} plugin {name!r} is {home}.{getattr(factory, '__qualname__', attr)}, defined in module {home!r}, "
+            f"which this worker does not allow; its operator allows {allowed} (LRBS_PLUGIN_MODULES)"
+        )
     return factory
 
 

@@ -13,14 +13,16 @@ import signal
 import socket
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from lrbs.contract.resources import Progress
 from lrbs.contract.worker_messages import Lease
+from lrbs.files import file_sha256
+from lrbs.redact import without_paths
 from lrbs.worker.advise import advise
 from lrbs.worker.batch_advice import MEMORY_HEADROOM
 from lrbs.worker.capabilities import describe
@@ -30,6 +32,11 @@ from lrbs.worker.plugins import PluginPolicy
 log = logging.getLogger("lrbs.worker")
 
 HEARTBEAT_SECONDS = 2.0  # also how fresh the progress a user sees is
+REPORT_PATIENCE_SECONDS = 120.0  # a finished job's report outlives a service restart this long
+
+
+def summary(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
 
 
 class Stop(Exception):
@@ -65,6 +72,7 @@ class Worker:
         )
         self.stopping = threading.Event()
         self.busy = False
+        self.lease_seconds = 30.0  # the service's lease length, learnt from each claim
 
     # ------------------------------------------------------------------------------------------ loop
 
@@ -84,7 +92,10 @@ class Worker:
                 backoff = min(backoff * 2, 10.0)
                 continue
             if lease is not None:
-                self.run(lease)
+                try:
+                    self.run(lease)
+                except Exception:  # nothing a job does may take its worker down
+                    log.exception("job %s: the worker could not finish handling it", lease.job_id)
                 done += 1
         self.http.close()
 
@@ -115,7 +126,18 @@ class Worker:
         if r.status_code == 204:
             return None
         r.raise_for_status()
-        return Lease.model_validate(r.json())
+        raw = r.json()
+        try:
+            lease = Lease.model_validate(raw)
+            self.lease_seconds = lease.lease_seconds
+            return lease
+        except ValidationError as exc:  # a job this worker cannot read fails alone; the worker goes on
+            job_id, token = raw.get("job_id"), raw.get("lease_token")
+            log.error("job %s: unreadable lease: %s", job_id, exc)
+            if isinstance(job_id, str) and isinstance(token, str):
+                message = f"this worker could not read the job: {summary(exc)}"
+                self._fail(job_id, token, message, "invalid_job")
+            return None
 
     # ------------------------------------------------------------------------------------------- job
 
@@ -152,15 +174,18 @@ class Worker:
             self._report_stop(lease, stop)
         except JobError as exc:
             beat.halt()
-            self._report(lease, ":fail", {"message": str(exc), "retryable": False})
+            self._fail(lease.job_id, lease.lease_token, without_paths(str(exc)), "invalid_job")
         except Exception as exc:
             beat.halt()
-            log.exception("job %s failed", lease.job_id)
-            message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-            self._report(lease, ":fail", {"message": message[:10_000], "retryable": False})
+            log.exception("job %s failed", lease.job_id)  # the traceback stays here, in the worker's log
+            message = (
+                f"lrbs hit an internal error ({type(exc).__name__}: {without_paths(str(exc))[:500]}); the log of "
+                f"worker {self.worker_id} has the details under job {lease.job_id}"
+            )
+            self._fail(lease.job_id, lease.lease_token, message, "internal")
         else:
             beat.halt()
-            self._report(lease, ":complete", {"result": result.model_dump(mode="json")})
+            self._report(lease.job_id, lease.lease_token, ":complete", {"result": result.model_dump(mode="json")})
             log.info("job %s: succeeded", lease.job_id)
         finally:
             self.busy = False
@@ -171,13 +196,17 @@ class Worker:
             raise JobError(f"the service sent no checksum for dataset {dataset_id}")
         cached = self.cache_dir / f"{sha256}.npz"
         if cached.exists():
-            return cached
+            if file_sha256(cached) == sha256:  # checked before every use: a damaged copy is fetched again
+                return cached
+            log.warning("dataset %s: the cached copy does not match its sha256; fetching it again", dataset_id)
+            cached.unlink(missing_ok=True)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         partial = cached.with_suffix(f".{os.getpid()}.part")
         digest = hashlib.sha256()
         with self.http.stream("GET", f"/v1/worker/datasets/{dataset_id}") as r:
             if r.status_code == 404:
-                raise JobError(f"dataset {dataset_id} was deleted from the service")
+                detail = r.read() and r.json().get("detail")
+                raise JobError(f"dataset {dataset_id} cannot be downloaded from the service: {detail or 'not found'}")
             r.raise_for_status()
             with open(partial, "wb") as out:
                 for chunk in r.iter_bytes(1 << 20):
@@ -192,29 +221,50 @@ class Worker:
     def _report_stop(self, lease: Lease, stop: Stop) -> None:
         log.info("job %s: stopped (%s)", lease.job_id, stop.outcome)
         if stop.outcome == "cancelled":
-            self._report(lease, ":cancelled", {})
+            self._report(lease.job_id, lease.lease_token, ":cancelled", {})
         elif stop.outcome == "shutdown":
-            self._report(lease, ":fail", {"message": stop.message, "retryable": True})
+            self._fail(lease.job_id, lease.lease_token, stop.message, "shutdown", retryable=True)
         elif stop.outcome == "timeout":
-            self._report(lease, ":fail", {"message": stop.message, "retryable": False})
+            self._fail(lease.job_id, lease.lease_token, stop.message, "timeout")
         # lease_lost: someone else owns the job now; say nothing
 
-    def _report(self, lease: Lease, action: str, body: dict, tries: int = 5) -> None:
-        """Reports are idempotent on the service, so a lost answer is simply sent again."""
-        body = {"lease_token": lease.lease_token, **body}
-        for attempt in range(tries):
+    def _report(self, job_id: str, lease_token: str, action: str, body: dict) -> None:
+        """Reports are idempotent on the service, so one whose answer was lost is simply sent again.
+
+        5xx answers and connection errors are retried with backoff for at least a lease (and at least
+        REPORT_PATIENCE_SECONDS), keeping the result until the service accepts or refuses it. A result the
+        service refuses (422) fails the job with the reason instead of leaving it to run again."""
+        body = {"lease_token": lease_token, **body}
+        patience = max(REPORT_PATIENCE_SECONDS, 2 * self.lease_seconds)
+        deadline, delay = time.monotonic() + patience, 0.25
+        while True:
             try:
-                r = self.http.post(f"/v1/worker/jobs/{lease.job_id}{action}", json=body)
+                r = self.http.post(f"/v1/worker/jobs/{job_id}{action}", json=body)
             except httpx.HTTPError as exc:
-                log.warning("job %s: report %s failed (%s); retrying", lease.job_id, action, exc)
-                time.sleep(min(2**attempt, 10))
-                continue
-            if r.status_code == 409:
-                log.warning("job %s: lease lost before the report: %s", lease.job_id, r.json().get("detail"))
-            elif r.is_error:
-                log.error("job %s: report %s refused: %s %s", lease.job_id, action, r.status_code, r.text)
-            return
-        log.error("job %s: gave up reporting %s; the lease will expire and the job run again", lease.job_id, action)
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if r.status_code < 500:
+                    break
+                problem = f"HTTP {r.status_code}"
+            if time.monotonic() + delay > deadline:
+                log.error("job %s: gave up reporting %s after %.0f s (%s)", job_id, action, patience, problem)
+                return
+            log.warning("job %s: report %s failed (%s); retrying in %.1f s", job_id, action, problem, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        if r.status_code == 409:
+            log.warning("job %s: lease lost before the report: %s", job_id, r.json().get("detail"))
+        elif r.status_code == 422 and action == ":complete":
+            detail = r.json().get("detail", r.text[:500])
+            log.error("job %s: the service refused the result: %s", job_id, detail)
+            message = f"the service refused this job's result: {detail}"
+            self._fail(job_id, lease_token, message, "internal")
+        elif r.is_error:
+            log.error("job %s: report %s refused: %s %s", job_id, action, r.status_code, r.text[:500])
+
+    def _fail(self, job_id: str, lease_token: str, message: str, kind: str, retryable: bool = False) -> None:
+        body = {"message": message[:10_000], "kind": kind, "retryable": retryable}
+        self._report(job_id, lease_token, ":fail", body)
 
 
 class Heartbeat(threading.Thread):

@@ -37,7 +37,9 @@ async def upload(
     sessions: SessionsDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="The dataset file.")],
-    target_column: Annotated[str | None, Form(description="CSV/Parquet: the label column (default target).")] = None,
+    target_column: Annotated[
+        str | None, Form(max_length=300, description="CSV/Parquet: the label column (default target).")
+    ] = None,
 ) -> DatasetOut:
     filename = file.filename or "upload"
 

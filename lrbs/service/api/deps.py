@@ -22,7 +22,9 @@ def require_worker(request: Request) -> None:
     """Worker endpoints take `Authorization: Bearer <LRBS_WORKER_TOKEN>`."""
     expected = request.app.state.settings.worker_token
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if not expected or scheme.lower() != "bearer" or not secrets.compare_digest(token, expected):
+    # Compared as bytes: a token with non-ASCII characters is simply wrong, not a server error.
+    given = token.encode("utf-8", "surrogateescape")
+    if not expected or scheme.lower() != "bearer" or not secrets.compare_digest(given, expected.encode()):
         raise Unauthorized(
             "worker endpoints need the header 'Authorization: Bearer <worker token>' "
             "(LRBS_WORKER_TOKEN on the service; `lrbs worker --token`)"

@@ -9,6 +9,7 @@ from lrbs.service.db import transaction
 router = APIRouter(tags=["health"])
 
 
+@router.head("/healthz", include_in_schema=False)  # load balancers and uptime checks often send HEAD
 @router.get("/healthz", summary="The process is up")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}

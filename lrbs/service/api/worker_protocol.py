@@ -4,8 +4,10 @@ import asyncio
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from lrbs.contract.job_spec import JobSpec
 from lrbs.contract.resources import JobState
 from lrbs.contract.worker_messages import (
     Cancelled,
@@ -20,6 +22,7 @@ from lrbs.contract.worker_messages import (
 from lrbs.service import dataset_store, queue, worker_registry
 from lrbs.service.api.deps import SessionsDep, SettingsDep, WorkerAuth
 from lrbs.service.db import transaction
+from lrbs.service.errors import NotFound
 
 router = APIRouter(prefix="/v1/worker", tags=["worker"], dependencies=[WorkerAuth])
 
@@ -35,20 +38,27 @@ RECHECK_SECONDS = 1.0
 )
 async def claim(body: ClaimRequest, request: Request, sessions: SessionsDep, settings: SettingsDep):
     def claim_once() -> Lease | None:
-        with transaction(sessions) as session:
-            job = queue.claim(session, body.worker_id, settings)
-            if job is None:
-                return None
-            data_sha = dataset_store.get(session, job.dataset_id).data_sha256 if job.dataset_id else None
-        return Lease(
-            job_id=job.id,
-            lease_token=job.lease_token,
-            lease_seconds=settings.lease_seconds,
-            attempt=job.attempts,
-            max_run_seconds=settings.max_run_seconds,
-            spec=job.spec,
-            dataset_sha256=data_sha,
-        )
+        while True:
+            with transaction(sessions) as session:
+                job = queue.claim(session, body.worker_id, settings)
+                if job is None:
+                    return None
+                try:
+                    spec = JobSpec.model_validate(job.spec)
+                except ValidationError as exc:  # a stored spec this release cannot read fails alone
+                    message = f"the stored job spec no longer validates ({len(exc.errors())} errors); submit it again"
+                    queue.fail(session, job.id, job.lease_token or "", message, retryable=False, kind="invalid_job")
+                    continue
+                data_sha = dataset_store.get(session, job.dataset_id).data_sha256 if job.dataset_id else None
+            return Lease(
+                job_id=job.id,
+                lease_token=job.lease_token,
+                lease_seconds=settings.lease_seconds,
+                attempt=job.attempts,
+                max_run_seconds=settings.max_run_seconds,
+                spec=spec,
+                dataset_sha256=data_sha,
+            )
 
     def mark_seen() -> None:
         with transaction(sessions) as session:
@@ -90,7 +100,7 @@ def complete(job_id: str, body: Completion, sessions: SessionsDep) -> Response:
 async def fail(job_id: str, body: Failure, request: Request, sessions: SessionsDep) -> Response:
     def write() -> str:
         with transaction(sessions) as session:
-            return queue.fail(session, job_id, body.lease_token, body.message, body.retryable).state
+            return queue.fail(session, job_id, body.lease_token, body.message, body.retryable, body.kind).state
 
     if await run_in_threadpool(write) == JobState.queued:
         request.app.state.doorbell.ring()
@@ -117,8 +127,14 @@ def register(body: Registration, sessions: SessionsDep) -> Response:
 def download_dataset(dataset_id: str, sessions: SessionsDep, settings: SettingsDep) -> FileResponse:
     with transaction(sessions) as session:
         row = dataset_store.get(session, dataset_id)
+    blob = dataset_store.blob_path(settings, row.sha256)
+    if not blob.exists():
+        raise NotFound(
+            f"the file of dataset {dataset_id} is missing from this service's data folder (LRBS_DATA_DIR); "
+            "upload the dataset again"
+        )
     return FileResponse(
-        dataset_store.blob_path(settings, row.sha256),
+        blob,
         media_type="application/octet-stream",
         headers={"X-Content-SHA256": row.data_sha256},
     )

@@ -79,6 +79,7 @@ def service(database_url: str, tmp_path, workers: int = 1, cwd=None, **settings:
             assert time.monotonic() < deadline, "the service did not come up"
             time.sleep(0.2)
         http.port = port
+        http.pid = proc.pid
         yield http
 
 
@@ -270,3 +271,58 @@ def test_batch_size_advice_over_http(tmp_path):
     assert [c["batch_size"] for c in advice["candidates"]] == [16, 32, 64, 128]
     assert advice["batch_size"] in (16, 32, 64, 128) and advice["grad_accumulation_steps"] >= 2
     assert advice["reason"] and advice["noise_scale"]["measurements"] > 0
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_oversized_chunked_bodies_are_cut_off_while_streaming(tmp_path):
+    """100 MB sent chunked, with no Content-Length, to a JSON endpoint and to the upload endpoint: each gets
+    413 and the service's peak memory grows by a small fraction of what was sent."""
+
+    def body(total: int, head: bytes = b"", size: int = 1 << 20):
+        yield head
+        for _ in range(total // size):
+            yield b"x" * size
+
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.npz"\r\n\r\n'
+    requests = [
+        ("/v1/jobs", b"", "application/json"),
+        ("/v1/datasets", part, "multipart/form-data; boundary=b"),
+    ]
+    with service(sqlite_url(tmp_path), tmp_path, workers=0, max_upload_mb="4") as http:
+        http.get("/v1/jobs")
+        before = peak_rss_mb(http.pid)
+        for path, head, kind in requests:
+            try:
+                r = http.post(path, content=body(100 << 20, head), headers={"content-type": kind})
+                assert r.status_code == 413, r.text
+            except httpx.TransportError:
+                pass  # the service may close the connection while the client is still sending: also a refusal
+        assert http.get("/healthz").status_code == 200
+        grown = peak_rss_mb(http.pid) - before
+    assert grown < 30, f"the service grew by {grown:.0f} MB while refusing 200 MB"
+
+
+def test_a_worker_gone_during_its_long_poll_is_handed_nothing(tmp_path):
+    """Killed while its claim long-polls, a worker must not be given the next job: with one attempt allowed,
+    the job still runs, on the worker that is alive."""
+    with service(sqlite_url(tmp_path), tmp_path, workers=0, max_attempts="1") as http:
+        with worker(http.port, tmp_path, "doomed") as doomed:
+            deadline = time.monotonic() + 60
+            while not any(w["id"] == "doomed" for w in http.get("/v1/workers").json()["workers"]):
+                assert time.monotonic() < deadline, "the worker never connected"
+                time.sleep(0.2)
+            time.sleep(1.0)  # inside its long-poll now
+            doomed.kill()
+            doomed.wait()
+        job_id = http.post("/v1/jobs", json=MINIMAL_SPEC).json()["id"]
+        time.sleep(2.0)
+        assert http.get(f"/v1/jobs/{job_id}").json()["state"] == "queued"
+        with worker(http.port, tmp_path, "alive"):
+            job = wait_for(http, job_id)
+    assert job["state"] == "succeeded" and job["attempts"] == 1 and job["worker_id"] == "alive"

@@ -311,3 +311,26 @@ def test_reports_are_retried_through_5xx_until_accepted():
         assert FlakyService.received == ["/v1/worker/jobs/job1:complete"] * 4  # 3 × 503, then accepted
     finally:
         server.shutdown()
+
+
+def chunks(total: int, size: int = 1 << 16):
+    """A body with no Content-Length: sent as it is generated (chunked)."""
+    sent = 0
+    while sent < total:
+        yield b" " * min(size, total - sent)
+        sent += size
+
+
+def test_chunked_bodies_past_the_limit_are_413_on_every_endpoint(client, settings):
+    r = client.post(
+        "/v1/jobs", content=chunks(settings.max_spec_bytes + 10), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413 and "LRBS_MAX_SPEC_BYTES" in r.json()["detail"]
+    settings.max_result_mb = 0.01
+    r = client.post(
+        "/v1/worker/jobs/x:complete", content=chunks(20_000), headers={**AUTH, "content-type": "application/json"}
+    )
+    assert r.status_code == 413 and "LRBS_MAX_RESULT_MB" in r.json()["detail"]
+    r = client.post("/v1/worker/jobs/x:heartbeat", content=chunks(settings.max_spec_bytes + 10), headers=AUTH)
+    assert r.status_code == 413
+    assert client.get("/v1/jobs").json()["jobs"] == []

@@ -185,3 +185,22 @@ def test_list_is_newest_first_with_keyset_pages(sessions, settings):
     with transaction(sessions) as session:
         cancelled, _ = queue.list_jobs(session, "cancelled", 10, None)
     assert [j.id for j in cancelled] == [ids[0]]
+
+
+def test_a_claim_never_started_goes_back_without_using_an_attempt(sessions, settings):
+    settings.max_attempts = 1
+    unstarted, started = submit(sessions, settings, 2)
+    first, second = claim(sessions, settings), claim(sessions, settings)
+    with transaction(sessions) as session:
+        queue.heartbeat(session, second.id, second.lease_token, None, settings)
+    with transaction(sessions) as session:
+        assert queue.release_unstarted(session, grace_seconds=3600) == 0  # still within the grace period
+    with transaction(sessions) as session:
+        assert queue.release_unstarted(session, grace_seconds=0) == 1
+    job = state(sessions, unstarted)
+    assert job.state == "queued" and job.attempts == 0 and job.worker_id is None
+    assert state(sessions, started).state == "running"  # it heartbeated: its worker is alive
+    again = claim(sessions, settings)
+    assert again.id == unstarted and again.attempts == 1  # max_attempts=1 still lets it run once
+    with pytest.raises(LeaseLost), transaction(sessions) as session:  # the first worker's token is dead
+        queue.heartbeat(session, unstarted, first.lease_token, None, settings)

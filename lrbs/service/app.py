@@ -6,14 +6,14 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager, suppress
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import lrbs
 from lrbs.service import db, queue
 from lrbs.service.api import datasets, health, jobs, worker_protocol, workers
-from lrbs.service.dataset_store import too_large
-from lrbs.service.errors import install_handlers, problem_response
+from lrbs.service.body_limits import BodyLimitMiddleware
+from lrbs.service.errors import install_handlers
 from lrbs.service.settings import Settings
 
 log = logging.getLogger("lrbs.service")
@@ -52,7 +52,7 @@ async def reap_forever(app: FastAPI) -> None:
 
     def reap_once() -> int:
         with db.transaction(app.state.sessions) as session:
-            return queue.reap(session)
+            return queue.reap(session) + queue.release_unstarted(session, settings.claim_grace_seconds)
 
     while True:
         await asyncio.sleep(settings.reap_interval_seconds)
@@ -92,15 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.draining = False  # set on shutdown so long-polls end instead of holding it up
     install_handlers(app)
 
-    @app.middleware("http")
-    async def refuse_oversized_uploads(request: Request, call_next):
-        """Answer 413 from Content-Length, before a byte of an oversized upload is read."""
-        if request.method == "POST" and request.url.path == "/v1/datasets":
-            length = request.headers.get("content-length", "")
-            slack = 1 << 20  # multipart headers and the form field around the file
-            if length.isdigit() and int(length) > settings.max_upload_mb * (1 << 20) + slack:
-                return problem_response(request, 413, "Content too large", too_large(settings), "too-large")
-        return await call_next(request)
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
 
     for module in (jobs, datasets, workers, worker_protocol, health):
         app.include_router(module.router)

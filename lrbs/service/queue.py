@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, engine, select, update
@@ -143,6 +143,7 @@ def claim(session: Session, worker_id: str, settings: Settings) -> JobRow | None
             lease_token=secrets.token_urlsafe(24),
             lease_expires_at=epoch_now() + settings.lease_seconds,
             attempts=JobRow.attempts + 1,
+            heartbeats=0,
             worker_id=worker_id,
             started_at=now,
             updated_at=now,
@@ -167,7 +168,11 @@ def _lease_lost(session: Session, job_id: str) -> LeaseLost:
 
 def heartbeat(session: Session, job_id: str, lease_token: str, prog: Progress | None, settings: Settings) -> bool:
     """Extend the lease and record progress; returns whether the user asked to cancel."""
-    values: dict = {"lease_expires_at": epoch_now() + settings.lease_seconds, "updated_at": utcnow()}
+    values: dict = {
+        "lease_expires_at": epoch_now() + settings.lease_seconds,
+        "updated_at": utcnow(),
+        "heartbeats": JobRow.heartbeats + 1,
+    }
     if prog is not None:
         values["progress"] = prog.model_dump()
     row = session.execute(
@@ -234,6 +239,42 @@ def mark_cancelled(session: Session, job_id: str, lease_token: str) -> None:
     job = get(session, job_id)
     if not (job.state == JobState.cancelled and job.lease_token == lease_token):
         raise _lease_lost(session, job_id)
+
+
+def release(session: Session, job_id: str, lease_token: str) -> bool:
+    """Hand a claimed job back without using an attempt: its worker went away before it started."""
+    return bool(
+        _rowcount(
+            session.execute(
+                update(JobRow)
+                .where(*_running(job_id, lease_token), JobRow.heartbeats == 0)
+                .values(
+                    state=JobState.queued,
+                    attempts=JobRow.attempts - 1,
+                    lease_expires_at=None,
+                    worker_id=None,
+                    started_at=None,
+                    updated_at=utcnow(),
+                    progress=progress("queued"),
+                )
+                .execution_options(synchronize_session=False)
+            )
+        )
+    )
+
+
+def release_unstarted(session: Session, grace_seconds: float) -> int:
+    """Claimed jobs with no heartbeat within the grace period go back to the queue, attempts untouched."""
+    stale = session.scalars(
+        select(JobRow)
+        .where(
+            JobRow.state == JobState.running,
+            JobRow.heartbeats == 0,
+            JobRow.started_at < utcnow() - timedelta(seconds=grace_seconds),
+        )
+        .with_for_update(skip_locked=True)
+    ).all()
+    return sum(release(session, job.id, job.lease_token or "") for job in stale)
 
 
 def reap(session: Session) -> int:

@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(30.0, gt=0, description="A worker that misses heartbeats this long loses its job.")
     max_attempts: int = Field(3, ge=1, description="Claims before a job whose worker keeps dying is failed.")
     reap_interval_seconds: float = Field(2.0, gt=0, description="How often expired leases are requeued.")
+    claim_grace_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A claimed job whose worker sends no heartbeat this long goes back to the queue "
+        "without using an attempt (the worker went away before it started).",
+    )
     max_run_seconds: float = Field(3600.0, gt=0, description="Wall time one attempt may run before it fails.")
 
     # Limits on what a job may ask for
@@ -36,4 +42,5 @@ class Settings(BaseSettings):
     max_page_size: int = Field(200, gt=0)
     max_upload_mb: float = Field(512, gt=0, description="Largest dataset upload, in MiB.")
     max_unpacked_mb: float = Field(8192, gt=0, description="Largest size a compressed .npz upload may unpack to.")
+    max_result_mb: float = Field(16, gt=0, description="Largest result a worker may report, in MiB.")
     worker_online_seconds: float = Field(90.0, gt=0, description="A worker not heard from this long is offline.")

@@ -50,6 +50,8 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(default=0)
+    # Heartbeats of the current attempt: a claimed job whose worker never beats is handed out again.
+    heartbeats: Mapped[int] = mapped_column(default=0, server_default="0")
     max_attempts: Mapped[int]
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     lease_token: Mapped[str | None] = mapped_column(String(64))

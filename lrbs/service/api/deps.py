@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from lrbs.service.errors import TooLarge, Unauthorized
+from lrbs.service.errors import Unauthorized
 from lrbs.service.settings import Settings
 
 
@@ -31,16 +31,6 @@ def require_worker(request: Request) -> None:
         )
 
 
-async def limit_body(request: Request) -> None:
-    limit = request.app.state.settings.max_spec_bytes
-    size = len(await request.body())
-    if size > limit:
-        raise TooLarge(
-            f"the request body is {size} bytes; this service accepts at most {limit} (setting LRBS_MAX_SPEC_BYTES)"
-        )
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 WorkerAuth = Depends(require_worker)
-BodyLimit = Depends(limit_body)

@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from lrbs.contract.job_spec import JobSpec, UploadedDataset
 from lrbs.contract.resources import Job, JobPage, JobState
 from lrbs.service import dataset_store, queue
-from lrbs.service.api.deps import BodyLimit, SessionsDep, SettingsDep
+from lrbs.service.api.deps import SessionsDep, SettingsDep
 from lrbs.service.db import transaction
 from lrbs.service.errors import Unprocessable
 from lrbs.service.limits import check_limits
@@ -25,7 +25,6 @@ def to_resource(job: JobRow) -> Job:
     "",
     status_code=202,
     response_model=Job,
-    dependencies=[BodyLimit],
     summary="Submit a job",
     description="Queues an LR range test. Answers 202 with `Location: /v1/jobs/{id}`; poll it for "
     "`state`, `progress` and, once succeeded, `result`.",

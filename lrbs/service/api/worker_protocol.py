@@ -60,6 +60,10 @@ async def claim(body: ClaimRequest, request: Request, sessions: SessionsDep, set
                 dataset_sha256=data_sha,
             )
 
+    def release(lease: Lease) -> None:
+        with transaction(sessions) as session:
+            queue.release(session, lease.job_id, lease.lease_token)
+
     def mark_seen() -> None:
         with transaction(sessions) as session:
             worker_registry.seen(session, body.worker_id)
@@ -75,6 +79,10 @@ async def claim(body: ClaimRequest, request: Request, sessions: SessionsDep, set
             return Response(status_code=204)
         lease = await run_in_threadpool(claim_once)
         if lease is not None:
+            if await request.is_disconnected():  # the worker hung up while we claimed: hand the job back
+                await run_in_threadpool(release, lease)
+                request.app.state.doorbell.ring()
+                return Response(status_code=204)
             return lease
         remaining = deadline - loop.time()
         if remaining <= 0:

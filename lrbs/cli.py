@@ -8,10 +8,16 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import click
 
 from lrbs.worker.__main__ import main as worker_command
+
+log = logging.getLogger("lrbs.serve")
+RESTART_MAX_SECONDS = 60.0  # the longest wait before an embedded worker that keeps dying is started again
+RESTART_RESET_SECONDS = 60.0
 
 
 @click.group()
@@ -45,16 +51,7 @@ def serve(host: str, port: int, n_workers: int) -> None:
             click.echo(f"worker token for this run (set LRBS_WORKER_TOKEN to fix one): {settings.worker_token}")
     app = create_app(settings)  # fails here, before any worker starts, if the schema is not current
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    env = {**os.environ, "LRBS_WORKER_TOKEN": settings.worker_token}
-    # -P: the current folder is not put on sys.path, so a worker.py or lrbs/ lying there cannot stand in for ours.
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-P", "-m", "lrbs.worker", "--url", url, "--worker-id", f"embedded-{i}"],
-            env=env,
-            preexec_fn=_die_with_parent,
-        )
-        for i in range(n_workers)
-    ]
+    workers = EmbeddedWorkers(url, settings.worker_token, n_workers)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
@@ -62,11 +59,52 @@ def serve(host: str, port: int, n_workers: int) -> None:
             super().handle_exit(sig, frame)
 
     try:
+        workers.start()
         Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run()
     finally:
-        for child in children:
+        workers.stop()
+
+
+class EmbeddedWorkers(threading.Thread):
+    """The workers `lrbs serve` runs beside the service: started, watched, and restarted with backoff if one dies."""
+
+    def __init__(self, url: str, token: str, count: int) -> None:
+        super().__init__(daemon=True, name="embedded-workers")
+        self.url, self.count = url, count
+        self.env = {**os.environ, "LRBS_WORKER_TOKEN": token}
+        self.children: dict[int, subprocess.Popen] = {}
+        self.stopping = threading.Event()
+
+    def spawn(self, i: int) -> None:
+        # -P: the current folder is not put on sys.path, so a worker.py or lrbs/ there cannot stand in for ours.
+        command = [sys.executable, "-P", "-m", "lrbs.worker", "--url", self.url, "--worker-id", f"embedded-{i}"]
+        self.children[i] = subprocess.Popen(command, env=self.env, preexec_fn=_die_with_parent)
+
+    def run(self) -> None:
+        for i in range(self.count):
+            self.spawn(i)
+        started = {i: time.monotonic() for i in self.children}
+        backoff = dict.fromkeys(self.children, 1.0)
+        while not self.stopping.wait(1.0):
+            for i, child in list(self.children.items()):
+                if child.poll() is None:
+                    if time.monotonic() - started[i] > RESTART_RESET_SECONDS:
+                        backoff[i] = 1.0  # it has run a while: the next crash starts the backoff over
+                    continue
+                log.error("embedded worker %d exited (%s); restarting it in %.0f s", i, child.returncode, backoff[i])
+                if self.stopping.wait(backoff[i]):
+                    return
+                backoff[i] = min(backoff[i] * 2, RESTART_MAX_SECONDS)
+                self.spawn(i)
+                started[i] = time.monotonic()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.is_alive():
+            self.join()
+        for child in self.children.values():
             child.terminate()
-        for child in children:
+        for child in self.children.values():
             try:
                 child.wait(timeout=15)
             except subprocess.TimeoutExpired:

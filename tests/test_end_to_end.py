@@ -326,3 +326,62 @@ def test_a_worker_gone_during_its_long_poll_is_handed_nothing(tmp_path):
         with worker(http.port, tmp_path, "alive"):
             job = wait_for(http, job_id)
     assert job["state"] == "succeeded" and job["attempts"] == 1 and job["worker_id"] == "alive"
+
+
+def test_jobs_that_exhaust_memory_or_never_finish_a_step_leave_their_worker_running(tmp_path, plugin_site):
+    """A job past the memory ceiling fails at once with that reason (no retry); a job stuck inside a step is
+    cancelled within 5 s; the same worker process then runs a normal job."""
+    # 8192² × 4 B is 256 MiB a layer: weights, gradients and momentum of these layers pass a 1 GB ceiling.
+    hog = {**MINIMAL_SPEC, "model": {"name": "mlp", "params": {"hidden": [8192, 8192, 8192]}}}
+    stuck = {**MINIMAL_SPEC, "model": {"source": "plugin", "name": "lrbs_test_plugins.models:stuck"}}
+    env = {
+        "LRBS_WORKER_TOKEN": WORKER_TOKEN,
+        "PYTHONPATH": str(plugin_site),
+        "LRBS_PLUGIN_MODULES": "lrbs_test_plugins",
+        "LRBS_JOB_MEMORY_GB": "1",
+    }
+    with service(sqlite_url(tmp_path), tmp_path, workers=0) as http:
+        args = ["-m", "lrbs.worker", "--url", f"http://127.0.0.1:{http.port}", "--worker-id", "w", "--wait", "5"]
+        with process(args, env, tmp_path / "w.log") as worker_process:
+            job = wait_for(http, http.post("/v1/jobs", json=hog).json()["id"])
+            assert job["state"] == "failed" and job["attempts"] == 1, job
+            assert job["error"]["kind"] == "out_of_memory" and "LRBS_JOB_MEMORY_GB" in job["error"]["message"]
+
+            stuck_id = http.post("/v1/jobs", json=stuck).json()["id"]
+            wait_for(http, stuck_id, states=("running",))
+            time.sleep(3)  # well inside its first forward pass
+            asked = time.monotonic()
+            http.post(f"/v1/jobs/{stuck_id}:cancel")
+            job = wait_for(http, stuck_id, timeout=30)
+            assert job["state"] == "cancelled" and time.monotonic() - asked < 5
+
+            job = wait_for(http, http.post("/v1/jobs", json=MINIMAL_SPEC).json()["id"])
+            assert job["state"] == "succeeded" and job["worker_id"] == "w"
+            assert worker_process.poll() is None  # the same worker process, alive throughout
+
+
+def children_of(pid: int) -> list[tuple[int, str]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append((int(entry.name), cmdline))
+    return found
+
+
+def test_lrbs_serve_restarts_an_embedded_worker_that_dies(tmp_path):
+    with service(sqlite_url(tmp_path), tmp_path) as http:
+        deadline = time.monotonic() + 60
+        while not (embedded := [p for p, cmd in children_of(http.pid) if "embedded-0" in cmd]):
+            assert time.monotonic() < deadline, "no embedded worker"
+            time.sleep(0.2)
+        os.kill(embedded[0], signal.SIGKILL)
+        job = wait_for(http, http.post("/v1/jobs", json=MINIMAL_SPEC).json()["id"], timeout=90)
+        assert job["state"] == "succeeded" and job["worker_id"] == "embedded-0"
+        assert [p for p, cmd in children_of(http.pid) if "embedded-0" in cmd] != embedded  # a new process
+    assert "embedded worker 0 exited" in (tmp_path / "service.log").read_text()

@@ -169,7 +169,7 @@ def test_job_errors_carry_no_traceback_or_server_path(client):
     job_id = client.post("/v1/jobs", json=MINIMAL_SPEC).json()["id"]
     worker = live_worker(client)
     lease = worker.claim()
-    lease.spec.model = lease.spec.model.model_copy(update={"name": "cnn"})  # a model that cannot read the data
+    lease.spec.lr_range.num_steps = 0  # a spec the job process cannot run: an internal error
     worker.run(lease)
     error = client.get(f"/v1/jobs/{job_id}").json()["error"]
     assert error["kind"] == "internal" and "Traceback" not in error["message"]

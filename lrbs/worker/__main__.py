@@ -50,6 +50,14 @@ import click
     show_default=True,
     help="Share of memory the batch-size advice keeps free (env LRBS_MEMORY_HEADROOM).",
 )
+@click.option(
+    "--job-memory-gb",
+    envvar="LRBS_JOB_MEMORY_GB",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Memory ceiling of one job's process; past it the job is stopped and fails (env LRBS_JOB_MEMORY_GB; "
+    "default 80% of the machine's memory).",
+)
 def main(
     url: str,
     token: str,
@@ -59,6 +67,7 @@ def main(
     plugin_modules: str,
     cache_dir: Path | None,
     memory_headroom: float,
+    job_memory_gb: float | None,
 ) -> None:
     """Pull jobs from an lrbs service, run their probes with PyTorch, report the results."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -73,6 +82,7 @@ def main(
         policy=PluginPolicy.parse(plugin_modules),
         cache_dir=cache_dir,
         memory_headroom=memory_headroom,
+        job_memory_gb=job_memory_gb,
     ).run_forever(max_jobs=max_jobs)
 
 

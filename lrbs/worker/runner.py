@@ -19,14 +19,15 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from lrbs.contract.job_spec import UploadedDataset
 from lrbs.contract.resources import Progress
 from lrbs.contract.worker_messages import Lease
 from lrbs.files import file_sha256
 from lrbs.redact import without_paths
-from lrbs.worker.advise import advise
 from lrbs.worker.batch_advice import MEMORY_HEADROOM
 from lrbs.worker.capabilities import describe
 from lrbs.worker.errors import JobError
+from lrbs.worker.job_process import default_memory_gb, run_job, warm_up
 from lrbs.worker.plugins import PluginPolicy
 
 log = logging.getLogger("lrbs.worker")
@@ -58,6 +59,7 @@ class Worker:
         policy: PluginPolicy | None = None,
         cache_dir: Path | None = None,
         memory_headroom: float = MEMORY_HEADROOM,
+        job_memory_gb: float | None = None,
     ):
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.wait_seconds = wait_seconds
@@ -65,6 +67,7 @@ class Worker:
         self.cache_dir = cache_dir or Path.home() / ".cache" / "lrbs" / "datasets"
         self.registered = False
         self.memory_headroom = memory_headroom
+        self.job_memory_gb = job_memory_gb or default_memory_gb()
         self.http = httpx.Client(
             base_url=url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
@@ -78,7 +81,13 @@ class Worker:
 
     def run_forever(self, max_jobs: int | None = None) -> None:
         self._install_signal_handlers()
-        log.info("worker %s pulling jobs from %s", self.worker_id, self.http.base_url)
+        warm_up()  # the job processes' forkserver imports torch now, not when the first job arrives
+        log.info(
+            "worker %s pulling jobs from %s (job memory ceiling %.1f GB)",
+            self.worker_id,
+            self.http.base_url,
+            self.job_memory_gb,
+        )
         done, backoff = 0, 0.5
         while not self.stopping.is_set() and (max_jobs is None or done < max_jobs):
             try:
@@ -142,36 +151,46 @@ class Worker:
     # ------------------------------------------------------------------------------------------- job
 
     def run(self, lease: Lease) -> None:
+        """Run one job in a child process (job_process.py), heartbeating from the moment it is claimed."""
         log.info("job %s: attempt %d", lease.job_id, lease.attempt)
         self.busy = True
         beat = Heartbeat(self, lease)
         beat.start()
         deadline = time.monotonic() + lease.max_run_seconds
+        stops: list[Stop] = []
 
-        def on_progress(p: Progress) -> None:
-            beat.progress = p
-            if beat.stop is not None:
-                raise beat.stop
-            if self.stopping.is_set():
-                raise Stop("shutdown", f"worker {self.worker_id} shut down during the attempt")
-            if time.monotonic() > deadline:
-                raise Stop(
+        def should_stop() -> str | None:
+            stop = beat.stop
+            if stop is None and self.stopping.is_set():
+                stop = Stop("shutdown", f"worker {self.worker_id} shut down during the attempt")
+            if stop is None and time.monotonic() > deadline:
+                stop = Stop(
                     "timeout",
                     f"the job ran past the service's limit of {lease.max_run_seconds:g} s "
                     "(LRBS_MAX_RUN_SECONDS); ask for fewer steps or a smaller model",
                 )
+            if stop is not None:
+                stops.append(stop)
+                return stop.outcome
+            return None
+
+        def on_progress(progress: dict) -> None:
+            beat.progress = Progress.model_validate(progress)
 
         try:
-            result = advise(
-                lease.spec,
-                on_progress,
-                policy=self.policy,
-                memory_headroom=self.memory_headroom,
-                fetch_upload=lambda dataset_id: self.fetch_dataset(dataset_id, lease.dataset_sha256),
+            dataset = lease.spec.dataset
+            path = (
+                self.fetch_dataset(dataset.id, lease.dataset_sha256) if isinstance(dataset, UploadedDataset) else None
             )
-        except Stop as stop:
-            beat.halt()
-            self._report_stop(lease, stop)
+            outcome = run_job(
+                lease.spec.model_dump_json(),
+                dataset_path=path,
+                plugin_modules=self.policy.modules,
+                memory_headroom=self.memory_headroom,
+                memory_limit_bytes=int(self.job_memory_gb * 2**30),
+                on_progress=on_progress,
+                should_stop=should_stop,
+            )
         except JobError as exc:
             beat.halt()
             self._fail(lease.job_id, lease.lease_token, without_paths(str(exc)), "invalid_job")
@@ -185,8 +204,20 @@ class Worker:
             self._fail(lease.job_id, lease.lease_token, message, "internal")
         else:
             beat.halt()
-            self._report(lease.job_id, lease.lease_token, ":complete", {"result": result.model_dump(mode="json")})
-            log.info("job %s: succeeded", lease.job_id)
+            if outcome.kind == "stopped":
+                self._report_stop(lease, stops[-1])
+            elif outcome.kind == "result":
+                self._report(lease.job_id, lease.lease_token, ":complete", {"result": outcome.result})
+                log.info("job %s: succeeded", lease.job_id)
+            else:
+                message = outcome.message
+                if outcome.error_kind == "internal":
+                    message = (
+                        f"lrbs hit an internal error ({message}); the log of worker {self.worker_id} has the "
+                        f"details under job {lease.job_id}"
+                    )
+                log.info("job %s: failed (%s): %s", lease.job_id, outcome.error_kind, outcome.message)
+                self._fail(lease.job_id, lease.lease_token, message, outcome.error_kind)
         finally:
             self.busy = False
 

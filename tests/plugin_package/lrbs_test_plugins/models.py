@@ -12,3 +12,21 @@ def tiny_mlp(input_shape, num_classes, hidden=16):
 
 def not_a_model():
     return "surprise"
+
+
+class Stuck(nn.Module):
+    """A model whose first forward pass never returns: a job that never finishes a step."""
+
+    def __init__(self, input_shape, num_classes):
+        super().__init__()
+        self.head = nn.Linear(math.prod(input_shape), num_classes)
+
+    def forward(self, x):
+        import time
+
+        time.sleep(3600)
+        return self.head(x.flatten(1))
+
+
+def stuck(input_shape, num_classes):
+    return Stuck(input_shape, num_classes)

@@ -35,7 +35,7 @@ class Doorbell:
 
 
 def prepare_database(settings: Settings):
-    engine = db.make_engine(settings.database_url)
+    engine = db.make_engine(settings.database_url, settings.database_timeout_seconds)
     auto = settings.auto_migrate
     if auto is None:
         auto = engine.dialect.name == "sqlite"

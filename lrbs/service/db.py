@@ -27,23 +27,32 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, timeout_seconds: float = 5.0) -> Engine:
+    """`timeout_seconds`: how long a request waits for SQLite's write lock, a PostgreSQL connection or a pooled
+    one before it fails (the API answers 503), instead of hanging while the database is away."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        engine = create_engine(url, connect_args={"timeout": timeout_seconds, "check_same_thread": False})
+        event.listen(engine, "connect", lambda conn, record: _sqlite_pragmas(conn, timeout_seconds))
         # pysqlite opens transactions lazily and never on SELECT; BEGIN IMMEDIATE on every transaction
         # takes the write lock up front, so two claimers serialise instead of failing with "locked".
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url,
+        pool_pre_ping=True,  # a connection lost while the database was away is replaced, not used
+        pool_size=10,
+        max_overflow=20,
+        pool_timeout=timeout_seconds,
+        connect_args={"connect_timeout": max(1, round(timeout_seconds))},
+    )
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def _sqlite_pragmas(dbapi_conn, timeout_seconds: float) -> None:
     dbapi_conn.isolation_level = None  # let the "begin" listener above issue BEGIN itself
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={int(timeout_seconds * 1000)}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()

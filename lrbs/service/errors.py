@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("lrbs.service")
+RETRY_AFTER_SECONDS = 5
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://lrbs.dev/problems/"
@@ -87,6 +93,21 @@ def install_handlers(app: FastAPI) -> None:
         errors = validation_errors(list(exc.errors()))
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
         return problem_response(request, 422, "Invalid request", detail, "validation-error", errors=errors)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(SQLAlchemyTimeoutError)
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        """Database unreachable, or SQLite locked past the busy timeout: try again shortly, nothing was lost."""
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, str(exc).splitlines()[0])
+        response = problem_response(
+            request,
+            503,
+            "Service unavailable",
+            "the database is unavailable or busy right now; nothing was changed, try again in a few seconds",
+            "unavailable",
+        )
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

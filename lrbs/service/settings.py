@@ -13,6 +13,12 @@ class Settings(BaseSettings):
         "sqlite:///./lrbs.db",
         description="SQLAlchemy URL. postgresql://… uses psycopg 3; ?options=-csearch_path%3Dname picks a schema.",
     )
+    database_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How long a request waits for the database (SQLite's lock, a PostgreSQL connection) "
+        "before the API answers 503 with Retry-After.",
+    )
     auto_migrate: bool | None = Field(
         None, description="Apply migrations at start-up. Default: yes on SQLite, no on PostgreSQL."
     )

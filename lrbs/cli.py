@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import secrets
@@ -50,6 +51,17 @@ def serve(host: str, port: int, n_workers: int) -> None:
         if n_workers == 0:
             click.echo(f"worker token for this run (set LRBS_WORKER_TOKEN to fix one): {settings.worker_token}")
     app = create_app(settings)  # fails here, before any worker starts, if the schema is not current
+    if not _keys_exist(settings):
+        if not _is_loopback(host):
+            raise click.ClickException(
+                f"refusing to serve on {host} with no API key: anyone who can reach it could use it. Create a key "
+                "first (`lrbs keys create --name <team>`, same LRBS_DATABASE_URL), or bind to 127.0.0.1"
+            )
+        log.warning(
+            "no API key exists: the API is open to anyone who can reach %s (fine on loopback); "
+            "`lrbs keys create --name <team>` closes it",
+            host,
+        )
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     workers = EmbeddedWorkers(url, settings.worker_token, n_workers)
 
@@ -63,6 +75,34 @@ def serve(host: str, port: int, n_workers: int) -> None:
         Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run()
     finally:
         workers.stop()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _keys_exist(settings) -> bool:
+    from lrbs.service import api_keys, db
+
+    engine = _engine(settings)
+    try:
+        with db.transaction(db.make_sessionmaker(engine)) as session:
+            return api_keys.any_active(session)
+    finally:
+        engine.dispose()
+
+
+def _engine(settings):
+    """The database, migrated if the service would migrate it at start-up (SQLite by default)."""
+    from lrbs.service.app import prepare_database
+
+    try:
+        return prepare_database(settings)
+    except RuntimeError as exc:  # an old schema on PostgreSQL: say what to run
+        raise click.ClickException(str(exc)) from None
 
 
 class EmbeddedWorkers(threading.Thread):
@@ -139,3 +179,62 @@ def upgrade() -> None:
     engine = make_engine(Settings().database_url)
     run_upgrade(engine)
     click.echo(f"database at {engine.url.render_as_string(hide_password=True)} is at the latest revision")
+
+
+@main.group()
+def keys() -> None:
+    """API keys (on LRBS_DATABASE_URL directly; the service need not run)."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who the key is for, e.g. team-vision.")
+@click.option("--admin", is_flag=True, help="An admin key sees every job and dataset.")
+def keys_create(name: str, admin: bool) -> None:
+    """Create a key and print it once: only its hash is stored."""
+    from lrbs.service import api_keys, db
+    from lrbs.service.errors import Problem
+    from lrbs.service.settings import Settings
+
+    try:
+        with db.transaction(db.make_sessionmaker(_engine(Settings()))) as session:
+            row, plain = api_keys.create(session, name, admin=admin)
+    except Problem as exc:
+        raise click.ClickException(exc.detail) from None
+    click.echo(plain)
+    click.echo(
+        f"key {row.id} ({name}{', admin' if admin else ''}) created: store it now, it is not shown again", err=True
+    )
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Every key: id, name, admin, created, revoked (never the key itself)."""
+    from lrbs.service import api_keys, db
+    from lrbs.service.settings import Settings
+
+    with db.transaction(db.make_sessionmaker(_engine(Settings()))) as session:
+        rows = api_keys.list_keys(session)
+        for row in rows:
+            revoked = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+            click.echo(
+                f"{row.id}  {row.name:<24} {'admin' if row.admin else 'team ':<6} "
+                f"created {row.created_at:%Y-%m-%d %H:%M}  {revoked}"
+            )
+    if not rows:
+        click.echo("no keys: the API is open (serve binds to loopback only)", err=True)
+
+
+@keys.command("revoke")
+@click.argument("name_or_id")
+def keys_revoke(name_or_id: str) -> None:
+    """Revoke a key by its id or name: requests with it get 401 from now on."""
+    from lrbs.service import api_keys, db
+    from lrbs.service.errors import Problem
+    from lrbs.service.settings import Settings
+
+    try:
+        with db.transaction(db.make_sessionmaker(_engine(Settings()))) as session:
+            row = api_keys.revoke(session, name_or_id)
+            click.echo(f"key {row.id} ({row.name}) revoked")
+    except Problem as exc:
+        raise click.ClickException(exc.detail) from None

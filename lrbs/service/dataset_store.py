@@ -22,7 +22,8 @@ from lrbs.contract.resources import JobState
 from lrbs.contract.shapes import DataShape
 from lrbs.files import file_sha256
 from lrbs.redact import without_paths
-from lrbs.service.errors import Conflict, NotFound, TooLarge, Unprocessable
+from lrbs.service.api_keys import OPEN, Caller
+from lrbs.service.errors import Conflict, NotFound, TooLarge, TooManyRequests, Unprocessable
 from lrbs.service.pagination import newest_first
 from lrbs.service.queue import utcnow
 from lrbs.service.settings import Settings
@@ -64,7 +65,13 @@ def too_large(settings: Settings) -> str:
 
 
 def prepare(
-    path: Path, filename: str, sha256: str, size: int, target_column: str | None, settings: Settings
+    path: Path,
+    filename: str,
+    sha256: str,
+    size: int,
+    target_column: str | None,
+    settings: Settings,
+    owner_key_id: str | None = None,
 ) -> DatasetRow:
     """Parse and validate the received file and write its canonical .npz; the row is not stored yet."""
     try:
@@ -88,7 +95,8 @@ def prepare(
     finally:
         Path(staging).unlink(missing_ok=True)
     return DatasetRow(
-        id=sha256[:32],
+        id=dataset_id(sha256, owner_key_id),
+        owner_key_id=owner_key_id,
         sha256=sha256,
         data_sha256=file_sha256(blob),
         filename=filename[:300],
@@ -102,9 +110,18 @@ def prepare(
     )
 
 
-def existing(session: Session, sha256: str, target_column: str | None) -> DatasetRow | None:
+def dataset_id(sha256: str, owner_key_id: str | None) -> str:
+    """The same bytes give the same id for one owner; each API key gets its own dataset of them."""
+    if owner_key_id is None:
+        return sha256[:32]
+    return hashlib.sha256(f"{owner_key_id}:{sha256}".encode()).hexdigest()[:32]
+
+
+def existing(
+    session: Session, sha256: str, target_column: str | None, owner_key_id: str | None = None
+) -> DatasetRow | None:
     """The same bytes give the same dataset; with another target column they would not, so say so."""
-    found = session.scalars(select(DatasetRow).where(DatasetRow.sha256 == sha256)).first()
+    found = session.get(DatasetRow, dataset_id(sha256, owner_key_id))
     if found is not None and found.format != "npz" and found.target_column != target_column:
         raise Conflict(
             f"these bytes were uploaded before as dataset {found.id} with target_column "
@@ -113,19 +130,44 @@ def existing(session: Session, sha256: str, target_column: str | None) -> Datase
     return found
 
 
-def get(session: Session, dataset_id: str) -> DatasetRow:
-    found = session.get(DatasetRow, dataset_id)
-    if found is None:
+def get(session: Session, dataset_id: str, caller: Caller = OPEN, for_update: bool = False) -> DatasetRow:
+    """The dataset, if it exists and `caller` may see it. `for_update` locks its row: deleting a dataset and
+    submitting a job on it then happen one after the other, never interleaved (PostgreSQL; SQLite's writers
+    are serialised anyway)."""
+    query = select(DatasetRow).where(DatasetRow.id == dataset_id)
+    found = session.scalars(query.with_for_update() if for_update else query).first()
+    if found is None or not caller.owns(found.owner_key_id):
         raise NotFound(f"no uploaded dataset {dataset_id!r}; upload one with POST /v1/datasets")
     return found
 
 
-def list_datasets(session: Session, page_size: int, page_token: str | None) -> tuple[list[DatasetRow], str | None]:
-    return newest_first(session, select(DatasetRow), DatasetRow, page_size, page_token)
+def list_datasets(
+    session: Session, page_size: int, page_token: str | None, caller: Caller = OPEN
+) -> tuple[list[DatasetRow], str | None]:
+    query = select(DatasetRow)
+    if not caller.admin:
+        query = query.where(DatasetRow.owner_key_id == caller.key_id)
+    return newest_first(session, query, DatasetRow, page_size, page_token)
 
 
-def delete(session: Session, dataset_id: str, settings: Settings) -> None:
-    dataset = get(session, dataset_id)
+def stored_bytes(session: Session, owner_key_id: str) -> int:
+    return int(
+        session.scalar(select(func.sum(DatasetRow.size_bytes)).where(DatasetRow.owner_key_id == owner_key_id)) or 0
+    )
+
+
+def check_quota(session: Session, owner_key_id: str, size: int, settings: Settings) -> None:
+    limit = int(settings.max_stored_mb_per_key * (1 << 20))
+    used = stored_bytes(session, owner_key_id)
+    if used + size > limit:
+        raise TooManyRequests(
+            f"this key stores {used} bytes of uploads; {size} more would pass its quota of {limit} bytes "
+            "(setting LRBS_MAX_STORED_MB_PER_KEY); delete datasets it no longer needs"
+        )
+
+
+def delete(session: Session, dataset_id: str, settings: Settings, caller: Caller = OPEN) -> None:
+    dataset = get(session, dataset_id, caller, for_update=True)
     in_use = session.scalar(
         select(func.count()).where(
             JobRow.dataset_id == dataset_id, JobRow.state.in_((JobState.queued, JobState.running))
@@ -137,12 +179,13 @@ def delete(session: Session, dataset_id: str, settings: Settings) -> None:
         )
     session.delete(dataset)
     session.flush()
-    blob_path(settings, dataset.sha256).unlink(missing_ok=True)
+    if not session.scalar(select(func.count()).where(DatasetRow.sha256 == dataset.sha256)):
+        blob_path(settings, dataset.sha256).unlink(missing_ok=True)  # no other key's dataset shares these bytes
 
 
-def shape_for_job(session: Session, dataset: UploadedDataset) -> tuple[DatasetRow, DataShape]:
+def shape_for_job(session: Session, dataset: UploadedDataset, caller: Caller = OPEN) -> tuple[DatasetRow, DataShape]:
     try:
-        row = get(session, dataset.id)
+        row = get(session, dataset.id, caller, for_update=True)  # held until the job is stored: see get()
     except NotFound as exc:
         raise Unprocessable(exc.detail, errors=[{"field": "dataset.id", "message": exc.detail}]) from None
     return row, DataShape.model_validate(row.shape)

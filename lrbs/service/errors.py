@@ -52,6 +52,10 @@ class Unauthorized(Problem):
     status, title, type = 401, "Unauthorized", "unauthorized"
 
 
+class TooManyRequests(Problem):
+    status, title, type = 429, "Too many requests", "too-many-requests"
+
+
 class TooLarge(Problem):
     status, title, type = 413, "Content too large", "too-large"
 
@@ -86,7 +90,12 @@ def validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
-        return problem_response(request, exc.status, exc.title, exc.detail, exc.type, **exc.extra)
+        extra = dict(exc.extra)
+        retry_after = extra.pop("retry_after", None)
+        response = problem_response(request, exc.status, exc.title, exc.detail, exc.type, **extra)
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

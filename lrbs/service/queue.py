@@ -15,14 +15,15 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, engine, select, update
+from sqlalchemy import CursorResult, engine, func, select, update
 from sqlalchemy.orm import Session
 
 from lrbs.contract.job_spec import JobSpec
 from lrbs.contract.resources import JobErrorDetail, JobState, Progress
 from lrbs.contract.results import Result
+from lrbs.service.api_keys import OPEN, Caller
 from lrbs.service.db import epoch_now
-from lrbs.service.errors import Conflict, LeaseLost, NotFound
+from lrbs.service.errors import RETRY_AFTER_SECONDS, Conflict, LeaseLost, NotFound, TooManyRequests
 from lrbs.service.pagination import newest_first
 from lrbs.service.settings import Settings
 from lrbs.service.tables import JobRow
@@ -45,7 +46,21 @@ def progress(phase: str, step: int = 0, total: int = 0) -> dict:
 # --------------------------------------------------------------------------------------- user actions
 
 
-def submit(session: Session, spec: JobSpec, settings: Settings, dataset_id: str | None = None) -> JobRow:
+def submit(
+    session: Session, spec: JobSpec, settings: Settings, dataset_id: str | None = None, owner_key_id: str | None = None
+) -> JobRow:
+    if owner_key_id is not None:
+        active = session.scalar(
+            select(func.count()).where(
+                JobRow.owner_key_id == owner_key_id, JobRow.state.in_((JobState.queued, JobState.running))
+            )
+        )
+        if active is not None and active >= settings.max_active_jobs_per_key:
+            raise TooManyRequests(
+                f"this key has {active} queued or running jobs, the most this service allows "
+                f"(setting LRBS_MAX_ACTIVE_JOBS_PER_KEY); wait for some to end",
+                retry_after=RETRY_AFTER_SECONDS,
+            )
     now = utcnow()
     job = JobRow(
         id=new_job_id(),
@@ -58,15 +73,17 @@ def submit(session: Session, spec: JobSpec, settings: Settings, dataset_id: str 
         max_attempts=settings.max_attempts,
         cancel_requested=False,
         dataset_id=dataset_id,
+        owner_key_id=owner_key_id,
     )
     session.add(job)
     session.flush()
     return job
 
 
-def get(session: Session, job_id: str) -> JobRow:
+def get(session: Session, job_id: str, caller: Caller = OPEN) -> JobRow:
+    """The job, if it exists and `caller` may see it (a key sees only its own jobs: 404 for others')."""
     job = session.get(JobRow, job_id)
-    if job is None:
+    if job is None or not caller.owns(job.owner_key_id):
         raise NotFound(f"no job {job_id!r}")
     return job
 
@@ -76,8 +93,9 @@ def _rowcount(result: engine.Result[Any]) -> int:
     return cast(CursorResult[Any], result).rowcount
 
 
-def cancel(session: Session, job_id: str) -> JobRow:
-    """A queued job is cancelled at once; a running one is flagged and stops at its next step."""
+def cancel(session: Session, job_id: str, caller: Caller = OPEN) -> JobRow:
+    """A queued job is cancelled at once; a running one is flagged and its worker stops it."""
+    get(session, job_id, caller)
     now = utcnow()
     done = _rowcount(
         session.execute(
@@ -109,9 +127,11 @@ def cancel(session: Session, job_id: str) -> JobRow:
 
 
 def list_jobs(
-    session: Session, state: str | None, page_size: int, page_token: str | None
+    session: Session, state: str | None, page_size: int, page_token: str | None, caller: Caller = OPEN
 ) -> tuple[list[JobRow], str | None]:
     query = select(JobRow)
+    if not caller.admin:
+        query = query.where(JobRow.owner_key_id == caller.key_id)
     if state is not None:
         query = query.where(JobRow.state == state)
     return newest_first(session, query, JobRow, page_size, page_token)

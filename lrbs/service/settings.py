@@ -48,5 +48,7 @@ class Settings(BaseSettings):
     max_page_size: int = Field(200, gt=0)
     max_upload_mb: float = Field(512, gt=0, description="Largest dataset upload, in MiB.")
     max_unpacked_mb: float = Field(8192, gt=0, description="Largest size a compressed .npz upload may unpack to.")
+    max_active_jobs_per_key: int = Field(100, gt=0, description="Queued and running jobs one API key may have.")
+    max_stored_mb_per_key: float = Field(10_240, gt=0, description="Upload bytes one API key may keep stored, in MiB.")
     max_result_mb: float = Field(16, gt=0, description="Largest result a worker may report, in MiB.")
     worker_online_seconds: float = Field(90.0, gt=0, description="A worker not heard from this long is offline.")

@@ -59,11 +59,13 @@ class JobRow(Base):
     worker_id: Mapped[str | None] = mapped_column(String(200))
     # Set for jobs on an uploaded dataset, so a dataset in use cannot be deleted.
     dataset_id: Mapped[str | None] = mapped_column(String(80), ForeignKey("datasets.id", ondelete="SET NULL"))
+    owner_key_id: Mapped[str | None] = mapped_column(String(40))  # the API key that submitted it (None: no keys)
 
     __table_args__ = (
         Index("ix_jobs_created", "created_at", "id"),
         Index("ix_jobs_state_created", "state", "created_at", "id"),
         Index("ix_jobs_dataset_state", "dataset_id", "state"),
+        Index("ix_jobs_owner_created", "owner_key_id", "created_at", "id"),
     )
 
 
@@ -73,7 +75,7 @@ class DatasetRow(Base):
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(String(80), primary_key=True)
-    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
     data_sha256: Mapped[str] = mapped_column(String(64))  # of the canonical .npz workers download
     filename: Mapped[str] = mapped_column(String(300))
     format: Mapped[str] = mapped_column(String(16))
@@ -84,7 +86,12 @@ class DatasetRow(Base):
     shape: Mapped[dict[str, Any]] = mapped_column(JSON)  # spec.DataShape: task, input_shape, num_outputs
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
-    __table_args__ = (Index("ix_datasets_created", "created_at", "id"),)
+    owner_key_id: Mapped[str | None] = mapped_column(String(40))  # the API key that uploaded it (None: no keys)
+
+    __table_args__ = (
+        Index("ix_datasets_created", "created_at", "id"),
+        Index("ix_datasets_owner_created", "owner_key_id", "created_at", "id"),
+    )
 
 
 class WorkerRow(Base):
@@ -96,3 +103,16 @@ class WorkerRow(Base):
     info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ApiKeyRow(Base):
+    """An API key: only its sha256 is stored (keys are 256-bit random tokens, shown once at creation)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -6,6 +6,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
+from lrbs.service import api_keys
+from lrbs.service.api_keys import Caller
+from lrbs.service.db import transaction
 from lrbs.service.errors import Unauthorized
 from lrbs.service.settings import Settings
 
@@ -31,6 +34,13 @@ def require_worker(request: Request) -> None:
         )
 
 
+def get_caller(request: Request) -> Caller:
+    """Public endpoints: who is calling (an API key, or anyone while no key exists). Worker tokens are not keys."""
+    with transaction(request.app.state.sessions) as session:
+        return api_keys.authenticate(session, request.headers.get("authorization", ""))
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 WorkerAuth = Depends(require_worker)

@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from lrbs.contract.job_spec import JobSpec, UploadedDataset
 from lrbs.contract.resources import Job, JobPage, JobState
 from lrbs.service import dataset_store, queue
-from lrbs.service.api.deps import SessionsDep, SettingsDep
+from lrbs.service.api.deps import CallerDep, SessionsDep, SettingsDep
 from lrbs.service.db import transaction
 from lrbs.service.errors import Unprocessable
 from lrbs.service.limits import check_limits
@@ -30,7 +30,7 @@ def to_resource(job: JobRow) -> Job:
     "`state`, `progress` and, once succeeded, `result`.",
 )
 async def submit(
-    spec: JobSpec, request: Request, response: Response, sessions: SessionsDep, settings: SettingsDep
+    spec: JobSpec, request: Request, response: Response, sessions: SessionsDep, settings: SettingsDep, caller: CallerDep
 ) -> Job:
     check_limits(spec, settings)
 
@@ -38,13 +38,14 @@ async def submit(
         with transaction(sessions) as session:
             dataset_id = None
             if isinstance(spec.dataset, UploadedDataset):  # its shape is known only from the stored upload
-                row, shape = dataset_store.shape_for_job(session, spec.dataset)
+                row, shape = dataset_store.shape_for_job(session, spec.dataset, caller)
                 try:
                     spec.resolve_for(shape)
                 except ValueError as exc:
                     raise Unprocessable(str(exc), errors=[{"field": "model", "message": str(exc)}]) from None
                 dataset_id = row.id
-            return to_resource(queue.submit(session, spec, settings, dataset_id=dataset_id))
+            job = queue.submit(session, spec, settings, dataset_id=dataset_id, owner_key_id=caller.key_id)
+            return to_resource(job)
 
     job = await run_in_threadpool(write)
     request.app.state.doorbell.ring()
@@ -53,22 +54,23 @@ async def submit(
 
 
 @router.get("/{job_id}", response_model=Job, summary="Get a job")
-def get_job(job_id: str, sessions: SessionsDep) -> Job:
+def get_job(job_id: str, sessions: SessionsDep, caller: CallerDep) -> Job:
     with transaction(sessions) as session:
-        return to_resource(queue.get(session, job_id))
+        return to_resource(queue.get(session, job_id, caller))
 
 
 @router.get("", response_model=JobPage, summary="List jobs, newest first")
 def list_jobs(
     sessions: SessionsDep,
     settings: SettingsDep,
+    caller: CallerDep,
     state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
     page_size: Annotated[int, Query(ge=1, description="Jobs per page (at most LRBS_MAX_PAGE_SIZE).")] = 50,
     page_token: Annotated[str | None, Query(description="next_page_token of the previous page.")] = None,
 ) -> JobPage:
     page_size = min(page_size, settings.max_page_size)
     with transaction(sessions) as session:
-        jobs, token = queue.list_jobs(session, state, page_size, page_token)
+        jobs, token = queue.list_jobs(session, state, page_size, page_token, caller)
         return JobPage(jobs=[to_resource(j) for j in jobs], next_page_token=token)
 
 
@@ -79,6 +81,6 @@ def list_jobs(
     description="A queued job ends `cancelled` at once; a running one at its next step "
     "(`cancel_requested` is true meanwhile). A job that already ended answers 409.",
 )
-def cancel(job_id: str, sessions: SessionsDep) -> Job:
+def cancel(job_id: str, sessions: SessionsDep, caller: CallerDep) -> Job:
     with transaction(sessions) as session:
-        return to_resource(queue.cancel(session, job_id))
+        return to_resource(queue.cancel(session, job_id, caller))

@@ -26,6 +26,15 @@ class BuiltinModelSpec(Strict):
     name: str
     input_kind: ClassVar[InputKind]
 
+    def param_count(self, shape: DataShape) -> int:
+        """Trainable parameters of the network the worker builds for data of this shape (exact; a test checks it
+        against the real network). Admission control reads it without building anything."""
+        raise NotImplementedError
+
+    def activation_bytes(self, shape: DataShape) -> int:
+        """A rough fp32 estimate of the activations one sample keeps for the backward pass."""
+        raise NotImplementedError
+
     def fit_problem(self, shape: DataShape) -> str | None:
         """Why this model cannot read data of this shape, or None."""
         if self.input_kind == "images" and len(shape.input_shape) != 3:
@@ -67,14 +76,35 @@ class _FeatureModel(BuiltinModelSpec):
         return super().fit_problem(shape)
 
 
+def _widths(model: _FeatureModel, shape: DataShape) -> list[int]:
+    p = model.params
+    hidden = list(p.hidden) if isinstance(p, MLPParams) else []
+    return [p.in_features or math.prod(shape.input_shape), *hidden, p.out_features or shape.num_outputs]
+
+
 class LinearModel(_FeatureModel):
     name: Literal["linear"]
     params: LinearParams = LinearParams()
+
+    def param_count(self, shape: DataShape) -> int:
+        i, o = _widths(self, shape)
+        return i * o + o
+
+    def activation_bytes(self, shape: DataShape) -> int:
+        return 4 * 2 * sum(_widths(self, shape))
 
 
 class MLPModel(_FeatureModel):
     name: Literal["mlp"]
     params: MLPParams = MLPParams()
+
+    def param_count(self, shape: DataShape) -> int:
+        widths = _widths(self, shape)
+        linear = sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
+        return linear + (2 * sum(self.params.hidden) if self.params.batch_norm else 0)
+
+    def activation_bytes(self, shape: DataShape) -> int:
+        return 4 * 4 * sum(_widths(self, shape))  # pre-activation, activation, norm and dropout per layer
 
 
 class CNNParams(Strict):
@@ -94,6 +124,22 @@ class CNNModel(BuiltinModelSpec):
     name: Literal["cnn"]
     params: CNNParams = CNNParams()
 
+    def param_count(self, shape: DataShape) -> int:
+        p, width, total = self.params, self.params.in_channels or shape.input_shape[0], 0
+        for c in p.channels:
+            total += width * c * 9 + 2 * c  # conv 3×3 without bias, batch norm
+            width = c
+        classes = p.num_classes or shape.num_outputs
+        return total + width * classes + classes
+
+    def activation_bytes(self, shape: DataShape) -> int:
+        _, h, w = shape.input_shape
+        total = 0
+        for c in self.params.channels:
+            total += 4 * c * h * w  # conv, norm, ReLU outputs at full size, the pooled one at a quarter
+            h, w = -(-h // 2), -(-w // 2)
+        return 4 * total
+
 
 class ResNetParams(Strict):
     in_channels: PositiveInt | None = Field(None, description=_INFERRED)
@@ -109,6 +155,36 @@ class ResNetModel(BuiltinModelSpec):
     input_kind = "images"
     name: Literal["resnet"]
     params: ResNetParams = ResNetParams()
+
+    def _plan(self, shape: DataShape) -> list[tuple[int, int, int]]:
+        """(in channels, out channels, stride) of every basic block."""
+        p, plan, channels = self.params, [], self.params.width
+        for stage in range(p.stages):
+            out = p.width * 2**stage
+            for block in range(p.depth):
+                plan.append((channels, out, 2 if stage > 0 and block == 0 else 1))
+                channels = out
+        return plan
+
+    def param_count(self, shape: DataShape) -> int:
+        p = self.params
+        total = (p.in_channels or shape.input_shape[0]) * p.width * 9 + 2 * p.width  # stem conv and norm
+        channels = p.width
+        for cin, out, stride in self._plan(shape):
+            total += cin * out * 9 + 2 * out + out * out * 9 + 2 * out
+            if stride != 1 or cin != out:
+                total += cin * out + 2 * out  # 1×1 projection shortcut and its norm
+            channels = out
+        classes = p.num_classes or shape.num_outputs
+        return total + channels * classes + classes
+
+    def activation_bytes(self, shape: DataShape) -> int:
+        _, h, w = shape.input_shape
+        total = 3 * self.params.width * h * w
+        for _, out, stride in self._plan(shape):
+            h, w = -(-h // stride), -(-w // stride)
+            total += 7 * out * h * w  # two convs, two norms, ReLUs, the sum
+        return 4 * total
 
 
 class TransformerLMParams(Strict):
@@ -133,6 +209,19 @@ class TransformerLMModel(BuiltinModelSpec):
     input_kind = "tokens"
     name: Literal["transformer_lm"]
     params: TransformerLMParams = TransformerLMParams()
+
+    def param_count(self, shape: DataShape) -> int:
+        p, d = self.params, self.params.d_model
+        vocab, context = p.vocab_size or shape.num_outputs, p.context or shape.input_shape[0]
+        hidden = p.mlp_ratio * d
+        block = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d + (d * hidden + hidden) + (hidden * d + d)
+        return vocab * d + context * d + p.layers * block + 2 * d  # the output head is tied to the embedding
+
+    def activation_bytes(self, shape: DataShape) -> int:
+        p, t = self.params, shape.input_shape[0]
+        vocab = p.vocab_size or shape.num_outputs
+        per_layer = t * p.d_model * (10 + 2 * p.mlp_ratio) + p.heads * t * t  # + attention weights (math kernel)
+        return 4 * (p.layers * per_layer + 2 * t * vocab)
 
     def fit_problem(self, shape: DataShape) -> str | None:
         problem = super().fit_problem(shape)

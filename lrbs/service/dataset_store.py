@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -82,6 +83,13 @@ def prepare(
     except UploadError as exc:
         message = without_paths(str(exc))
         raise Unprocessable(message, errors=[{"field": "file", "message": message}]) from None
+    if parsed.shape.num_outputs > settings.max_classes:
+        message = (
+            f"the labels or token ids imply {parsed.shape.num_outputs} classes (largest id "
+            f"{parsed.shape.num_outputs - 1}); this service accepts at most {settings.max_classes} "
+            "(setting LRBS_MAX_CLASSES): number the classes 0 to C-1"
+        )
+        raise Unprocessable(message, errors=[{"field": "file", "message": message}])
     blob = blob_path(settings, sha256)
     blob.parent.mkdir(parents=True, exist_ok=True)
     fd, staging = tempfile.mkstemp(dir=blob.parent, suffix=".part")  # one per upload: concurrent ones never share
@@ -154,6 +162,15 @@ def stored_bytes(session: Session, owner_key_id: str) -> int:
     return int(
         session.scalar(select(func.sum(DatasetRow.size_bytes)).where(DatasetRow.owner_key_id == owner_key_id)) or 0
     )
+
+
+def memory_bytes(row: DatasetRow) -> int:
+    """What the canonical arrays take in a worker's memory (float32 features, int64 labels and tokens)."""
+    total = 0
+    for key, dims in row.shapes.items():
+        itemsize = 8 if row.dtypes.get(key, "").startswith(("int", "uint")) else 4
+        total += itemsize * math.prod(dims)
+    return total
 
 
 def check_quota(session: Session, owner_key_id: str, size: int, settings: Settings) -> None:

@@ -26,6 +26,18 @@ def seen(session: Session, worker_id: str, info: WorkerInfo | None = None) -> No
     session.flush()
 
 
+def largest_memory_gb(session: Session, settings: Settings) -> float | None:
+    """The most memory one job can have on any online worker (its largest device), None if none reported."""
+    sizes = [
+        device.memory_gb
+        for worker in list_workers(session, settings)
+        if worker.online and worker.info is not None
+        for device in worker.info.devices
+        if device.memory_gb
+    ]
+    return max(sizes) if sizes else None
+
+
 def list_workers(session: Session, settings: Settings) -> list[WorkerOut]:
     cutoff = utcnow() - timedelta(seconds=settings.worker_online_seconds)
     running = dict(session.execute(select(JobRow.worker_id, JobRow.id).where(JobRow.state == JobState.running)).all())

@@ -17,8 +17,9 @@ from lrbs.worker import plugins
 from lrbs.worker.plugins import PluginPolicy
 
 
-def describe(policy: PluginPolicy) -> WorkerInfo:
-    devices = [DeviceInfo(name="cpu", model=platform.processor() or platform.machine())]
+def describe(policy: PluginPolicy, memory_gb: float | None = None) -> WorkerInfo:
+    """`memory_gb`: the CPU memory one job may use here (the job memory ceiling)."""
+    devices = [DeviceInfo(name="cpu", model=platform.processor() or platform.machine(), memory_gb=memory_gb)]
     for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         props = torch.cuda.get_device_properties(i)
         devices.append(DeviceInfo(name=f"cuda:{i}", model=props.name, memory_gb=round(props.total_memory / 2**30, 1)))

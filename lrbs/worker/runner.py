@@ -120,7 +120,7 @@ class Worker:
             signal.signal(signal.SIGINT, on_signal)
 
     def register(self) -> None:
-        info = describe(self.policy)
+        info = describe(self.policy, self.job_memory_gb)
         r = self.http.post("/v1/worker/register", json={"worker_id": self.worker_id, "info": info.model_dump()})
         r.raise_for_status()
         self.registered = True

@@ -5,9 +5,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from lrbs.contract.builtins import BuiltinDatasetSpec
 from lrbs.contract.job_spec import JobSpec, UploadedDataset
 from lrbs.contract.resources import Job, JobPage, JobState
-from lrbs.service import dataset_store, queue
+from lrbs.service import admission, dataset_store, queue, worker_registry
 from lrbs.service.api.deps import CallerDep, SessionsDep, SettingsDep
 from lrbs.service.db import transaction
 from lrbs.service.errors import Unprocessable
@@ -37,6 +38,7 @@ async def submit(
     def write() -> Job:
         with transaction(sessions) as session:
             dataset_id = None
+            largest = worker_registry.largest_memory_gb(session, settings)
             if isinstance(spec.dataset, UploadedDataset):  # its shape is known only from the stored upload
                 row, shape = dataset_store.shape_for_job(session, spec.dataset, caller)
                 try:
@@ -44,6 +46,9 @@ async def submit(
                 except ValueError as exc:
                     raise Unprocessable(str(exc), errors=[{"field": "model", "message": str(exc)}]) from None
                 dataset_id = row.id
+                admission.check(spec, shape, None, settings, largest, data=dataset_store.memory_bytes(row))
+            elif isinstance(spec.dataset, BuiltinDatasetSpec):
+                admission.check(spec, spec.dataset.shape(), spec.dataset.n_samples(), settings, largest)
             job = queue.submit(session, spec, settings, dataset_id=dataset_id, owner_key_id=caller.key_id)
             return to_resource(job)
 

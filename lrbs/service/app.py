@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import lrbs
-from lrbs.service import db, queue
+from lrbs.service import db, queue, retention
 from lrbs.service.api import datasets, health, jobs, worker_protocol, workers
 from lrbs.service.body_limits import BodyLimitMiddleware
 from lrbs.service.errors import install_handlers
 from lrbs.service.settings import Settings
 
 log = logging.getLogger("lrbs.service")
+PURGE_INTERVAL_SECONDS = 60.0
 
 
 class Doorbell:
@@ -54,11 +56,22 @@ async def reap_forever(app: FastAPI) -> None:
         with db.transaction(app.state.sessions) as session:
             return queue.reap(session) + queue.release_unstarted(session, settings.claim_grace_seconds)
 
+    def purge_once() -> None:
+        with db.transaction(app.state.sessions) as session:
+            jobs, datasets = retention.purge(session, settings)
+        if jobs or datasets:
+            log.info("retention: deleted %d ended jobs and %d unused uploads", jobs, datasets)
+
+    purged = 0.0
+
     while True:
         await asyncio.sleep(settings.reap_interval_seconds)
         try:
             if await run_in_threadpool(reap_once):
                 app.state.doorbell.ring()
+            if settings.retention_days is not None and time.monotonic() - purged > PURGE_INTERVAL_SECONDS:
+                purged = time.monotonic()
+                await run_in_threadpool(purge_once)
         except Exception:  # a database hiccup must not stop the reaper for good
             log.exception("reaping expired leases failed; trying again")
 

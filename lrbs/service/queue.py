@@ -19,7 +19,7 @@ from sqlalchemy import CursorResult, engine, func, select, update
 from sqlalchemy.orm import Session
 
 from lrbs.contract.job_spec import JobSpec
-from lrbs.contract.resources import JobErrorDetail, JobState, Progress
+from lrbs.contract.resources import TERMINAL_STATES, JobErrorDetail, JobState, Progress
 from lrbs.contract.results import Result
 from lrbs.service.api_keys import OPEN, Caller
 from lrbs.service.db import epoch_now
@@ -124,6 +124,14 @@ def cancel(session: Session, job_id: str, caller: Caller = OPEN) -> JobRow:
     if not flagged:
         raise Conflict(f"job {job_id} already ended {job.state}; only queued or running jobs can be cancelled")
     return job
+
+
+def delete(session: Session, job_id: str, caller: Caller = OPEN) -> None:
+    """Delete an ended job (a queued or running one must be cancelled first)."""
+    job = get(session, job_id, caller)
+    if job.state not in TERMINAL_STATES:
+        raise Conflict(f"job {job_id} is {job.state}; cancel it first, then delete it once it has ended")
+    session.delete(job)
 
 
 def list_jobs(

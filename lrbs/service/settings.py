@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     max_params: int = Field(2_000_000_000, gt=0, description="Largest built-in model a job may ask for, in parameters.")
     max_data_gb: float = Field(16, gt=0, description="Largest dataset a job may hold in memory, in GB.")
     max_classes: int = Field(1_000_000, gt=0, description="Most classes (or vocabulary entries) a dataset may have.")
+    retention_days: float | None = Field(
+        None, gt=0, description="Ended jobs and unused uploads are deleted after this many days (unset: kept)."
+    )
     max_active_jobs_per_key: int = Field(100, gt=0, description="Queued and running jobs one API key may have.")
     max_stored_mb_per_key: float = Field(10_240, gt=0, description="Upload bytes one API key may keep stored, in MiB.")
     max_result_mb: float = Field(16, gt=0, description="Largest result a worker may report, in MiB.")

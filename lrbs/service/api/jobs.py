@@ -89,3 +89,16 @@ def list_jobs(
 def cancel(job_id: str, sessions: SessionsDep, caller: CallerDep) -> Job:
     with transaction(sessions) as session:
         return to_resource(queue.cancel(session, job_id, caller))
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    summary="Delete an ended job",
+    description="Removes a succeeded, failed or cancelled job and its result. A queued or running job answers "
+    "409: cancel it first.",
+)
+def delete_job(job_id: str, sessions: SessionsDep, caller: CallerDep) -> Response:
+    with transaction(sessions) as session:
+        queue.delete(session, job_id, caller)
+    return Response(status_code=204)

@@ -383,3 +383,48 @@ def test_parquet_without_the_target_column_lists_the_columns(tmp_path):
 def test_bytes_that_are_not_parquet(tmp_path):
     path = text(tmp_path, "a,target\n1,0\n", name="d.parquet")
     assert_upload_error(path, "d.parquet", "not a valid Parquet file")
+
+
+# --- costs bounded (issue: decompression and conversion bombs, quadratic checks) ---------------------------
+
+
+def test_a_header_of_60k_columns_with_a_repeat_is_checked_in_linear_time(tmp_path):
+    names = [f"c{i}" for i in range(60_000)] + ["c7", "target"]
+    path = text(tmp_path, ",".join(names) + "\n" + ",".join(["1"] * len(names)) + "\n")
+    with pytest.raises(UploadError, match="repeated: 'c7'"):  # a quadratic check would hit the test timeout
+        parse_upload(path, "data.csv")
+
+
+def test_tables_wider_than_the_column_cap_are_refused(tmp_path):
+    path = text(tmp_path, ",".join(f"c{i}" for i in range(11)) + ",target\n" + ",".join(["1"] * 12) + "\n")
+    with pytest.raises(UploadError, match="12 columns; accepted: at most 10"):
+        parse_upload(path, "data.csv", max_columns=10)
+    columns = {f"c{i}": [1.0] for i in range(11)} | {"target": [1]}
+    with pytest.raises(UploadError, match="12 columns; accepted: at most 10"):
+        parse_upload(parquet(tmp_path, columns), "data.parquet", max_columns=10)
+
+
+def test_a_compressed_parquet_bomb_is_refused_from_its_metadata(tmp_path):
+    rows = 1_000_000
+    table = pa.table({"a": np.zeros(rows), "b": np.zeros(rows), "target": np.zeros(rows, dtype=np.int64)})
+    path = tmp_path / "bomb.parquet"
+    pq.write_table(table, path, compression="zstd")
+    assert path.stat().st_size < 100_000  # tiny on disk, 24 MB once read
+    with pytest.raises(UploadError, match="rows × 3 columns takes 24000000 bytes"):
+        parse_upload(path, "bomb.parquet", max_array_bytes=10_000_000)
+
+
+def test_sizes_are_counted_after_conversion_to_canonical_dtypes(tmp_path):
+    x = np.zeros((1000, 100), dtype=np.int8)  # 100 KB as int8, 800 KB as the int64 token ids it becomes
+    path = npz(tmp_path, x=x, y=x)
+    parse_upload(path, "data.npz", max_array_bytes=1_700_000)
+    with pytest.raises(UploadError, match="converted to float32 features and int64 labels"):
+        parse_upload(path, "data.npz", max_array_bytes=1_000_000)
+
+
+def test_a_wide_csv_is_refused_once_its_rows_pass_the_limit(tmp_path):
+    header = ",".join(f"c{i}" for i in range(999)) + ",target\n"
+    row = ",".join(["0.5"] * 999) + ",1\n"
+    path = text(tmp_path, header + row * 3000)
+    with pytest.raises(UploadError, match="the CSV's first"):
+        parse_upload(path, "data.csv", max_array_bytes=4_000_000)

@@ -78,7 +78,11 @@ def prepare(
     try:
         fmt = detect_format(filename)
         parsed = parse_upload(
-            path, filename, target_column=target_column, max_array_bytes=int(settings.max_unpacked_mb * (1 << 20))
+            path,
+            filename,
+            target_column=target_column,
+            max_array_bytes=int(settings.max_unpacked_mb * (1 << 20)),
+            max_columns=settings.max_columns,
         )
     except UploadError as exc:
         message = without_paths(str(exc))

@@ -56,5 +56,6 @@ class Settings(BaseSettings):
     )
     max_active_jobs_per_key: int = Field(100, gt=0, description="Queued and running jobs one API key may have.")
     max_stored_mb_per_key: float = Field(10_240, gt=0, description="Upload bytes one API key may keep stored, in MiB.")
+    max_columns: int = Field(100_000, gt=0, description="Most columns a CSV or Parquet upload may have.")
     max_result_mb: float = Field(16, gt=0, description="Largest result a worker may report, in MiB.")
     worker_online_seconds: float = Field(90.0, gt=0, description="A worker not heard from this long is offline.")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import math
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
@@ -41,7 +42,8 @@ ACCEPTED_FORMATS = (
 )
 ACCEPTED_KEYS = "accepted keys: x, y (required), x_val and y_val (optional, both or neither)"
 ACCEPTED_DTYPES = "accepted: integer or floating-point numbers"
-_CSV_CHUNK_ROWS = 65_536
+_CSV_CHUNK_CELLS = 1 << 20  # parsed cells held as Python floats at once: bounds the CSV reader's memory
+DEFAULT_MAX_COLUMNS = 100_000
 
 
 class UploadError(ValueError):
@@ -73,12 +75,18 @@ def detect_format(filename: str) -> str:
 
 
 def parse_upload(
-    path: Path, filename: str, *, target_column: str | None = None, max_array_bytes: int = DEFAULT_MAX_ARRAY_BYTES
+    path: Path,
+    filename: str,
+    *,
+    target_column: str | None = None,
+    max_array_bytes: int = DEFAULT_MAX_ARRAY_BYTES,
+    max_columns: int = DEFAULT_MAX_COLUMNS,
 ) -> ParsedDataset:
     """Read, check and canonicalise an uploaded file. Raises UploadError saying what is wrong and accepted.
 
     `target_column` (CSV and Parquet; default "target") names the column holding y; every other column is a
-    feature. `max_array_bytes` bounds what the arrays of an .npz unpack to.
+    feature. `max_array_bytes` bounds what the arrays take in memory, read and converted to their canonical
+    dtypes (an int8 array becomes int64: 8×), whatever the format; `max_columns` bounds CSV and Parquet tables.
     """
     fmt = detect_format(filename)
     if fmt == "npz":
@@ -89,11 +97,31 @@ def parse_upload(
             )
         arrays = _read_npz(Path(path), max_array_bytes)
     elif fmt == "csv":
-        arrays = _read_csv(Path(path), target_column or DEFAULT_TARGET)
+        arrays = _read_csv(Path(path), target_column or DEFAULT_TARGET, max_array_bytes, max_columns)
     else:
-        arrays = _read_parquet(Path(path), target_column or DEFAULT_TARGET)
+        arrays = _read_parquet(Path(path), target_column or DEFAULT_TARGET, max_array_bytes, max_columns)
+    _check_canonical_size(arrays, max_array_bytes)
     arrays, shape = canonicalise(arrays)
     return ParsedDataset(format=fmt, arrays=arrays, shape=shape)
+
+
+def _too_big(what: str, size: int, limit: int) -> UploadError:
+    return UploadError(
+        f"{what} takes {size} bytes in memory; accepted: at most {limit} bytes of array data "
+        "(this service's limit, setting LRBS_MAX_UNPACKED_MB)"
+    )
+
+
+def _check_canonical_size(arrays: dict[str, np.ndarray], limit: int) -> None:
+    """Counted after conversion: integers become int64 (8 bytes), everything else float32 (4 bytes)."""
+    size = sum(a.size * (8 if a.dtype.kind in "iu" else 4) for a in arrays.values())
+    if size > limit:
+        raise _too_big("the dataset, converted to float32 features and int64 labels,", size, limit)
+
+
+def _check_columns(count: int, limit: int) -> None:
+    if count > limit:
+        raise UploadError(f"the table has {count} columns; accepted: at most {limit} (this service's limit)")
 
 
 def write_canonical(parsed: ParsedDataset, path: Path) -> None:
@@ -185,7 +213,7 @@ def _npy_header(f: Any, key: str) -> tuple[np.dtype, tuple[int, ...]]:
 # ------------------------------------------------------------------------------------------------- csv
 
 
-def _read_csv(path: Path, target: str) -> dict[str, np.ndarray]:
+def _read_csv(path: Path, target: str, max_array_bytes: int, max_columns: int) -> dict[str, np.ndarray]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
@@ -198,9 +226,12 @@ def _read_csv(path: Path, target: str) -> dict[str, np.ndarray]:
                     "of numbers per sample"
                 )
             columns = [c.strip() for c in header]
+            _check_columns(len(columns), max_columns)
             t = _target_index(columns, target)
+            chunk_rows = max(1, _CSV_CHUNK_CELLS // len(columns))
             chunks: list[np.ndarray] = []
             rows: list[list[float]] = []
+            parsed = 0
             for row in reader:
                 if not row:
                     continue
@@ -215,9 +246,12 @@ def _read_csv(path: Path, target: str) -> dict[str, np.ndarray]:
                     _bad_cell(row, columns, reader.line_num)
                 if not all(map(math.isfinite, rows[-1])):
                     _bad_cell(row, columns, reader.line_num)
-                if len(rows) == _CSV_CHUNK_ROWS:
+                if len(rows) == chunk_rows:
                     chunks.append(np.array(rows, dtype=np.float64))
+                    parsed += len(rows)
                     rows = []
+                    if parsed * len(columns) * 4 > max_array_bytes:
+                        raise _too_big(f"the CSV's first {parsed} rows", parsed * len(columns) * 4, max_array_bytes)
             if rows:
                 chunks.append(np.array(rows, dtype=np.float64))
     except UnicodeDecodeError as exc:
@@ -253,7 +287,7 @@ def _bad_cell(row: list[str], columns: list[str], line: int) -> None:
 
 
 def _target_index(columns: list[str], target: str) -> int:
-    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    duplicated = sorted(name for name, count in Counter(columns).items() if count > 1)  # linear, even for 40k columns
     if duplicated:
         raise UploadError(f"column names must be unique; repeated: {', '.join(map(repr, duplicated))}")
     if target not in columns:
@@ -284,11 +318,19 @@ def _target_array(y: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- parquet
 
 
-def _read_parquet(path: Path, target: str) -> dict[str, np.ndarray]:
+def _read_parquet(path: Path, target: str, max_array_bytes: int, max_columns: int) -> dict[str, np.ndarray]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
+        meta = pq.ParquetFile(path).metadata  # rows and columns from the footer, before any data is read
+        _check_columns(meta.num_columns, max_columns)
+        if meta.num_rows * meta.num_columns * 8 > max_array_bytes:  # a compressed file can unpack to far more
+            raise _too_big(
+                f"the Parquet file's {meta.num_rows} rows × {meta.num_columns} columns",
+                meta.num_rows * meta.num_columns * 8,
+                max_array_bytes,
+            )
         table = pq.read_table(path)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise UploadError(f"the file is not a valid Parquet file ({exc}); {ACCEPTED_FORMATS}") from None

@@ -1,6 +1,6 @@
 """Generated requests against a live service: schemathesis over /openapi.json, every public endpoint, with a key.
 
-    python -m benchmarks.fuzz --examples 300        # prints a table; needs `pip install -e '.[fuzz]'`
+    python -m benchmarks.fuzz --examples 300        # prints a table; schemathesis comes with `pip install -e '.[test]'`
 
 Starts `lrbs serve` (SQLite, one embedded worker) in a temporary folder, creates an API key with
 `lrbs keys create`, runs `schemathesis run` with the checks named below, then checks that the embedded

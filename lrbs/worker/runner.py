@@ -27,7 +27,7 @@ from lrbs.redact import without_paths
 from lrbs.worker.batch_advice import MEMORY_HEADROOM
 from lrbs.worker.capabilities import describe
 from lrbs.worker.errors import JobError
-from lrbs.worker.job_process import default_memory_gb, run_job, warm_up
+from lrbs.worker.job_process import Outcome, default_memory_gb, run_job, warm_up
 from lrbs.worker.plugins import PluginPolicy
 
 log = logging.getLogger("lrbs.worker")
@@ -156,8 +156,35 @@ class Worker:
         self.busy = True
         beat = Heartbeat(self, lease)
         beat.start()
-        deadline = time.monotonic() + lease.max_run_seconds
         stops: list[Stop] = []
+        try:
+            outcome = self._attempt(lease, beat, stops)
+        except JobError as exc:
+            outcome = Outcome("error", error_kind="invalid_job", message=without_paths(str(exc)))
+        except Exception as exc:
+            log.exception("job %s failed", lease.job_id)  # the traceback stays here, in the worker's log
+            outcome = Outcome("error", message=f"{type(exc).__name__}: {without_paths(str(exc))[:500]}")
+        finally:
+            beat.halt()
+            self.busy = False
+        if outcome.kind == "stopped":
+            self._report_stop(lease, stops[-1])
+        elif outcome.kind == "result":
+            self._report(lease.job_id, lease.lease_token, ":complete", {"result": outcome.result})
+            log.info("job %s: succeeded", lease.job_id)
+        else:
+            message = outcome.message
+            if outcome.error_kind == "internal":
+                message = (
+                    f"lrbs hit an internal error ({message}); the log of worker {self.worker_id} has the "
+                    f"details under job {lease.job_id}"
+                )
+            log.info("job %s: failed (%s): %s", lease.job_id, outcome.error_kind, outcome.message)
+            self._fail(lease.job_id, lease.lease_token, message, outcome.error_kind)
+
+    def _attempt(self, lease: Lease, beat: Heartbeat, stops: list[Stop]) -> Outcome:
+        """Fetch the job's data, then run it in a child process until it ends or must be stopped."""
+        deadline = time.monotonic() + lease.max_run_seconds
 
         def should_stop() -> str | None:
             stop = beat.stop
@@ -169,57 +196,25 @@ class Worker:
                     f"the job ran past the service's limit of {lease.max_run_seconds:g} s "
                     "(LRBS_MAX_RUN_SECONDS); ask for fewer steps or a smaller model",
                 )
-            if stop is not None:
-                stops.append(stop)
-                return stop.outcome
-            return None
+            if stop is None:
+                return None
+            stops.append(stop)
+            return stop.outcome
 
         def on_progress(progress: dict) -> None:
             beat.progress = Progress.model_validate(progress)
 
-        try:
-            dataset = lease.spec.dataset
-            path = (
-                self.fetch_dataset(dataset.id, lease.dataset_sha256) if isinstance(dataset, UploadedDataset) else None
-            )
-            outcome = run_job(
-                lease.spec.model_dump_json(),
-                dataset_path=path,
-                plugin_modules=self.policy.modules,
-                memory_headroom=self.memory_headroom,
-                memory_limit_bytes=int(self.job_memory_gb * 2**30),
-                on_progress=on_progress,
-                should_stop=should_stop,
-            )
-        except JobError as exc:
-            beat.halt()
-            self._fail(lease.job_id, lease.lease_token, without_paths(str(exc)), "invalid_job")
-        except Exception as exc:
-            beat.halt()
-            log.exception("job %s failed", lease.job_id)  # the traceback stays here, in the worker's log
-            message = (
-                f"lrbs hit an internal error ({type(exc).__name__}: {without_paths(str(exc))[:500]}); the log of "
-                f"worker {self.worker_id} has the details under job {lease.job_id}"
-            )
-            self._fail(lease.job_id, lease.lease_token, message, "internal")
-        else:
-            beat.halt()
-            if outcome.kind == "stopped":
-                self._report_stop(lease, stops[-1])
-            elif outcome.kind == "result":
-                self._report(lease.job_id, lease.lease_token, ":complete", {"result": outcome.result})
-                log.info("job %s: succeeded", lease.job_id)
-            else:
-                message = outcome.message
-                if outcome.error_kind == "internal":
-                    message = (
-                        f"lrbs hit an internal error ({message}); the log of worker {self.worker_id} has the "
-                        f"details under job {lease.job_id}"
-                    )
-                log.info("job %s: failed (%s): %s", lease.job_id, outcome.error_kind, outcome.message)
-                self._fail(lease.job_id, lease.lease_token, message, outcome.error_kind)
-        finally:
-            self.busy = False
+        dataset = lease.spec.dataset
+        path = self.fetch_dataset(dataset.id, lease.dataset_sha256) if isinstance(dataset, UploadedDataset) else None
+        return run_job(
+            lease.spec.model_dump_json(),
+            dataset_path=path,
+            plugin_modules=self.policy.modules,
+            memory_headroom=self.memory_headroom,
+            memory_limit_bytes=int(self.job_memory_gb * 2**30),
+            on_progress=on_progress,
+            should_stop=should_stop,
+        )
 
     def fetch_dataset(self, dataset_id: str, sha256: str | None) -> Path:
         """Download an uploaded dataset once per content hash, verify it, and keep it for the next job."""

@@ -28,6 +28,22 @@ class JobState(StrEnum):
 TERMINAL_STATES = (JobState.succeeded, JobState.failed, JobState.cancelled)
 
 
+class FieldError(Model):
+    field: str = Field(description="Where in the request, e.g. lr_range.max_lr.")
+    message: str = Field(description="What was wrong there and what is accepted.")
+
+
+class Problem(Model):
+    """An error, as RFC 9457 problem details (application/problem+json): every 4xx and 5xx this API sends."""
+
+    type: str = Field(description="A URI naming the kind of problem.", examples=["https://lrbs.dev/problems/not-found"])
+    title: str = Field(description="The kind of problem in words.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(description="What was wrong, and what is accepted.")
+    instance: str | None = Field(None, description="The request path.")
+    errors: list[FieldError] | None = Field(None, description="Each bad field (validation errors).")
+
+
 class Progress(Model):
     phase: str = Field(description="What the worker is doing: queued, setup, lr_range, done.")
     step: int = 0

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import lrbs
-from lrbs.service import db, queue, retention
+from lrbs.service import db, openapi, queue, retention
 from lrbs.service.api import datasets, health, jobs, worker_protocol, workers
 from lrbs.service.body_limits import BodyLimitMiddleware
 from lrbs.service.errors import install_handlers
@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="POST a job spec to `/v1/jobs`; a worker runs an LR range test with PyTorch; "
         "`GET /v1/jobs/{id}` returns the curve, every rule's suggestion and the recommended settings.",
         lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,  # operationIds: submit_job, get_job, ...
     )
     app.state.settings = settings
     app.state.draining = False  # set on shutdown so long-polls end instead of holding it up
@@ -109,4 +110,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (jobs, datasets, workers, worker_protocol, health):
         app.include_router(module.router)
+    openapi.install(app)
     return app

@@ -33,7 +33,7 @@ def to_resource(row: DatasetRow) -> DatasetOut:
     "or `.csv` / `.parquet` with a `target` column (or name it in the form field `target_column`). Integer `x` "
     "and `y` of shape (N, T) are token data for language models.",
 )
-async def upload(
+async def upload_dataset(
     response: Response,
     sessions: SessionsDep,
     settings: SettingsDep,

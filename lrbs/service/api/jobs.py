@@ -30,7 +30,7 @@ def to_resource(job: JobRow) -> Job:
     description="Queues an LR range test. Answers 202 with `Location: /v1/jobs/{id}`; poll it for "
     "`state`, `progress` and, once succeeded, `result`.",
 )
-async def submit(
+async def submit_job(
     spec: JobSpec, request: Request, response: Response, sessions: SessionsDep, settings: SettingsDep, caller: CallerDep
 ) -> Job:
     check_limits(spec, settings)
@@ -86,7 +86,7 @@ def list_jobs(
     description="A queued job ends `cancelled` at once; a running one at its next step "
     "(`cancel_requested` is true meanwhile). A job that already ended answers 409.",
 )
-def cancel(job_id: str, sessions: SessionsDep, caller: CallerDep) -> Job:
+def cancel_job(job_id: str, sessions: SessionsDep, caller: CallerDep) -> Job:
     with transaction(sessions) as session:
         return to_resource(queue.cancel(session, job_id, caller))
 

@@ -24,7 +24,8 @@ from lrbs.service.api.deps import SessionsDep, SettingsDep, WorkerAuth
 from lrbs.service.db import transaction
 from lrbs.service.errors import NotFound
 
-router = APIRouter(prefix="/v1/worker", tags=["worker"], dependencies=[WorkerAuth])
+# Workers' own protocol: not part of the public OpenAPI document (clients never call it).
+router = APIRouter(prefix="/v1/worker", tags=["worker"], dependencies=[WorkerAuth], include_in_schema=False)
 
 # Jobs posted through another replica are not rung on this one's doorbell: look again this often.
 RECHECK_SECONDS = 1.0

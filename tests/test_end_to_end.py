@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import MINIMAL_SPEC, WORKER_TOKEN
 
@@ -385,3 +386,17 @@ def test_lrbs_serve_restarts_an_embedded_worker_that_dies(tmp_path):
         assert job["state"] == "succeeded" and job["worker_id"] == "embedded-0"
         assert [p for p, cmd in children_of(http.pid) if "embedded-0" in cmd] != embedded  # a new process
     assert "embedded worker 0 exited" in (tmp_path / "service.log").read_text()
+
+
+def test_a_pipeline_gets_and_applies_advice_in_three_lines(tmp_path):
+    from lrbs import Client, apply
+
+    with service(sqlite_url(tmp_path), tmp_path) as http:
+        lrbs = Client(url=f"http://127.0.0.1:{http.port}")
+        job = lrbs.wait(lrbs.submit({**MINIMAL_SPEC, "schedule": "cosine", "train_steps": 50}), timeout=120)
+        model = torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+        optimizer, scheduler = apply(job.result.recommendation, model.parameters())
+    assert job.state == "succeeded" and optimizer.param_groups[0]["lr"] > 0
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -47,6 +47,10 @@ class Recommendation(Model):
     warmup_steps: int = 0
     warmup_reason: str | None = Field(None, description="Why a warm-up is (or is not) advised.")
     snippet: str = Field(description="PyTorch code that builds this optimizer and scheduler.")
+    optimizer_class: str = Field(
+        "torch.optim.SGD", description="The optimizer, importable: torch.optim.AdamW, or a plugin's module.name."
+    )
+    optimizer_params: dict[str, Any] = Field(default_factory=dict, description="Its keyword arguments besides lr.")
     base_lr: float | None = Field(None, description="one_cycle: the starting LR (max_lr / div_factor).")
     max_lr: float | None = Field(None, description="one_cycle: the peak LR.")
     div_factor: float | None = Field(None, description="one_cycle: max_lr / base_lr.")

@@ -193,6 +193,8 @@ def recommendation(
         warmup_steps=warmup,
         warmup_reason=warmup_reason,
         snippet=code,
+        optimizer_class=spec.optimizer.class_path,
+        optimizer_params=spec.optimizer.params,
         batch_size=batch_size,
         grad_accumulation_steps=spec.grad_accumulation_steps,
         effective_batch_size=batch_size * spec.grad_accumulation_steps,

@@ -1,0 +1,141 @@
+"""A Python client for the lrbs service: submit a job, wait for it, read the advice.
+
+    from lrbs import Client, apply
+    job = Client().wait(Client().submit(spec))       # LRBS_URL / LRBS_TOKEN, or Client(url=..., token=...)
+    optimizer, scheduler = apply(job.result.recommendation, model.parameters())
+
+Results are the contract's own pydantic models. Reads are retried with backoff on connection errors and 5xx;
+a submit is not (a retried submit could queue the job twice).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lrbs.contract.job_spec import JobSpec
+from lrbs.contract.resources import TERMINAL_STATES, DatasetOut, Job, JobErrorDetail, JobPage, JobState, Progress
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+RETRIES = 5
+
+
+class LrbsError(Exception):
+    """The service refused a request: `status` and the problem's `detail` (and `errors` for bad fields)."""
+
+    def __init__(self, status: int, detail: str, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status, self.detail, self.errors = status, detail, errors or []
+
+
+class JobFailed(Exception):
+    def __init__(self, job: Job) -> None:
+        error = job.error or JobErrorDetail(message="no error recorded", attempt=job.attempts)
+        super().__init__(f"job {job.id} failed ({error.kind}): {error.message}")
+        self.job, self.error = job, error
+
+
+class JobCancelled(Exception):
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"job {job.id} was cancelled")
+        self.job = job
+
+
+class Client:
+    def __init__(self, url: str | None = None, token: str | None = None, http: httpx.Client | None = None) -> None:
+        url = url or os.environ.get("LRBS_URL", DEFAULT_URL)
+        token = token or os.environ.get("LRBS_TOKEN")
+        self.http = http or httpx.Client(base_url=url.rstrip("/"), timeout=30.0)
+        if token:
+            self.http.headers["Authorization"] = f"Bearer {token}"
+
+    # ------------------------------------------------------------------------------------------ jobs
+
+    def submit(self, spec: JobSpec | dict[str, Any]) -> Job:
+        body = spec.model_dump(mode="json", exclude_unset=True) if isinstance(spec, JobSpec) else spec
+        return Job.model_validate(self._call("POST", "/v1/jobs", retry=False, json=body))
+
+    def get(self, job: Job | str) -> Job:
+        return Job.model_validate(self._call("GET", f"/v1/jobs/{_id(job)}"))
+
+    def list(self, state: JobState | str | None = None, page_size: int = 100) -> Iterator[Job]:
+        """Every job this key can see, newest first, following the pages."""
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"page_size": page_size}
+            if state is not None:
+                params["state"] = str(state)
+            if token:
+                params["page_token"] = token
+            page = JobPage.model_validate(self._call("GET", "/v1/jobs", params=params))
+            yield from page.jobs
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def cancel(self, job: Job | str) -> Job:
+        return Job.model_validate(self._call("POST", f"/v1/jobs/{_id(job)}:cancel"))
+
+    def wait(
+        self,
+        job: Job | str,
+        timeout: float | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        poll_seconds: float = 0.5,
+    ) -> Job:
+        """Until the job ends: its final state, or JobFailed / JobCancelled / TimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            current = self.get(job)
+            if on_progress is not None:
+                on_progress(current.progress)
+            if current.state in TERMINAL_STATES:
+                if current.state == JobState.failed:
+                    raise JobFailed(current)
+                if current.state == JobState.cancelled:
+                    raise JobCancelled(current)
+                return current
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {current.id} still {current.state} after {timeout:g} s")
+            time.sleep(poll_seconds)
+
+    # -------------------------------------------------------------------------------------- datasets
+
+    def upload_dataset(self, path: str | Path, target_column: str | None = None) -> DatasetOut:
+        path = Path(path)
+        data = {"target_column": target_column} if target_column else None
+        with open(path, "rb") as f:
+            found = self._call("POST", "/v1/datasets", retry=False, files={"file": (path.name, f)}, data=data)
+        return DatasetOut.model_validate(found)
+
+    # ---------------------------------------------------------------------------------------- plumbing
+
+    def _call(self, method: str, path: str, retry: bool = True, **kwargs: Any) -> Any:
+        delay = 0.5
+        for attempt in range(RETRIES if retry else 1):
+            try:
+                r = self.http.request(method, path, **kwargs)
+            except httpx.TransportError:
+                if attempt + 1 == (RETRIES if retry else 1):
+                    raise
+            else:
+                if r.status_code < 500 or not retry or attempt + 1 == RETRIES:
+                    break
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+        if r.is_error:
+            try:
+                problem = r.json()
+            except ValueError:
+                problem = {"detail": r.text[:500]}
+            raise LrbsError(r.status_code, problem.get("detail", r.reason_phrase), problem.get("errors"))
+        return r.json() if r.content else None
+
+
+def _id(job: Job | str) -> str:
+    return job if isinstance(job, str) else job.id

@@ -14,6 +14,8 @@ import time
 
 import click
 
+import lrbs
+from lrbs.client_cli import COMMANDS as client_commands
 from lrbs.worker.__main__ import main as worker_command
 
 log = logging.getLogger("lrbs.serve")
@@ -22,6 +24,7 @@ RESTART_RESET_SECONDS = 60.0
 
 
 @click.group()
+@click.version_option(lrbs.__version__, prog_name="lrbs")
 def main() -> None:
     """lrbs: learning-rate and batch-size advice as a service."""
 
@@ -162,6 +165,8 @@ def _die_with_parent() -> None:
 
 
 main.add_command(worker_command, name="worker")
+for command in client_commands:
+    main.add_command(command)
 
 
 @main.group()

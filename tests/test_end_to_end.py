@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -400,3 +401,41 @@ def test_a_pipeline_gets_and_applies_advice_in_three_lines(tmp_path):
     for _ in range(3):
         optimizer.step()
         scheduler.step()
+
+
+def test_the_cli_submits_waits_and_reports_with_exit_codes(tmp_path):
+    lrbs = [str(Path(sys.executable).parent / "lrbs")]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "model: {name: mlp, params: {hidden: [32]}}\n"
+        "dataset: {name: synthetic_classification, params: {n_samples: 512}}\n"
+        "optimizer: {name: sgd, params: {momentum: 0.9}}\n"
+        "device: cpu\n"
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"model": {"name": "mlp"}}')
+
+    def cli(*args: str, url: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*lrbs, *args, "--url", url], capture_output=True, text=True, timeout=120)
+
+    with service(sqlite_url(tmp_path), tmp_path) as http:
+        url = f"http://127.0.0.1:{http.port}"
+        done = cli("submit", str(spec), "--wait", url=url)
+        assert done.returncode == 0, done.stderr
+        assert "succeeded" in done.stdout and "lr " in done.stdout and "scheduler = " in done.stdout
+        job_id = done.stdout.split()[1].rstrip(":")
+        as_json = cli("result", job_id, "--json", url=url)
+        assert as_json.returncode == 0 and '"recommendation"' in as_json.stdout
+        listed = cli("list", "--json", url=url)
+        assert job_id in listed.stdout
+        refused = cli("submit", str(bad), url=url)
+        assert refused.returncode == 2 and "dataset" in refused.stderr
+        slow = tmp_path / "slow.json"
+        slow.write_text(json.dumps({**MINIMAL_SPEC, "lr_range": {"num_steps": 10_000, "max_lr": 1e-3}}))
+        running = cli("submit", str(slow), url=url).stdout.split()[1].rstrip(":")
+        assert cli("cancel", running, url=url).returncode == 0
+        wait_for(http, running)
+        ended = cli("result", running, url=url)
+        assert ended.returncode == 1 and "cancelled" in ended.stdout
+    gone = cli("status", job_id, url=url)
+    assert gone.returncode == 3 and "cannot reach the service" in gone.stderr

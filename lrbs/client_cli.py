@@ -1,0 +1,203 @@
+"""The client half of the `lrbs` command: submit, status, list, cancel, result, upload (through `lrbs.Client`).
+
+Human output by default, `--json` for scripts. Exit codes: 0 succeeded (or done), 1 the job failed or was
+cancelled, 2 a bad spec or usage, 3 the service is unreachable. `--url` / `--token` default to LRBS_URL and
+LRBS_TOKEN.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+from lrbs.client import Client, JobCancelled, JobFailed, LrbsError
+from lrbs.contract.resources import Job, Progress
+
+OK, JOB_ENDED_BADLY, BAD_INPUT, UNREACHABLE = 0, 1, 2, 3
+
+url_option = click.option("--url", envvar="LRBS_URL", default="http://127.0.0.1:8000", show_default=True,
+                          help="The service (env LRBS_URL).")  # fmt: skip
+token_option = click.option("--token", envvar="LRBS_TOKEN", default=None, help="An API key (env LRBS_TOKEN).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def calls_the_service(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the client's errors into messages and exit codes."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except httpx.TransportError as exc:
+            click.echo(f"error: cannot reach the service ({exc}); is it running? (--url, LRBS_URL)", err=True)
+            sys.exit(UNREACHABLE)
+        except LrbsError as exc:
+            click.echo(f"error: {exc.detail}", err=True)
+            for field in exc.errors:
+                click.echo(f"  {field.get('field')}: {field.get('message')}", err=True)
+            sys.exit(BAD_INPUT if exc.status in (400, 409, 413, 422) else JOB_ENDED_BADLY)
+
+    return wrapper
+
+
+def read_spec(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        loaded = yaml.safe_load(text)
+    else:
+        loaded = json.loads(text)
+    if not isinstance(loaded, dict):
+        raise click.UsageError(f"{path} must hold one job spec (an object), not {type(loaded).__name__}")
+    return loaded
+
+
+def describe(job: Job) -> str:
+    lines = [f"job {job.id}: {job.state}"]
+    rec = job.result.recommendation if job.result else None
+    if rec is not None:
+        lines += [
+            f"  lr {rec.lr:.4g} ({rec.schedule}; safe {rec.lr_low:.3g} to {rec.lr_high:.3g}, "
+            f"confidence {rec.confidence})",
+            f"  why: {rec.reason}",
+        ]
+        if job.result and job.result.batch_advice:
+            advice = job.result.batch_advice
+            lines.append(f"  batch size {advice.batch_size} (lr {advice.lr:.4g})" if advice.lr else
+                         f"  batch size {advice.batch_size}")  # fmt: skip
+        lines += ["", rec.snippet]
+    if job.error is not None:
+        lines.append(f"  error ({job.error.kind}): {job.error.message}")
+    return "\n".join(lines)
+
+
+def show(job: Job, as_json: bool) -> None:
+    click.echo(job.model_dump_json(indent=2) if as_json else describe(job))
+
+
+def progress_line(started: float) -> Callable[[Progress], None]:
+    def draw(progress: Progress) -> None:
+        elapsed = time.monotonic() - started
+        eta = f", about {elapsed / progress.fraction - elapsed:.0f} s left" if 0 < progress.fraction < 1 else ""
+        steps = f" {progress.step}/{progress.total}" if progress.total else ""
+        click.echo(f"\r{progress.phase}{steps} ({progress.fraction:.0%}, {elapsed:.0f} s{eta})".ljust(70), nl=False,
+                   err=True)  # fmt: skip
+
+    return draw
+
+
+@click.command()
+@click.argument("spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--wait", is_flag=True, help="Follow the job to its end, with a progress line, then show the advice.")
+@url_option
+@token_option
+@json_option
+@calls_the_service
+def submit(spec_file: Path, wait: bool, url: str, token: str | None, as_json: bool) -> None:
+    """Submit the job spec in SPEC_FILE (JSON or YAML)."""
+    client = Client(url, token)
+    job = client.submit(read_spec(spec_file))
+    if not wait:
+        show(job, as_json)
+        return
+    try:
+        job = client.wait(job, on_progress=None if as_json else progress_line(time.monotonic()))
+    except (JobFailed, JobCancelled) as ended:
+        click.echo("", err=True)
+        show(ended.job, as_json)
+        sys.exit(JOB_ENDED_BADLY)
+    if not as_json:
+        click.echo("", err=True)
+    show(job, as_json)
+
+
+@click.command()
+@click.argument("job_id")
+@url_option
+@token_option
+@json_option
+@calls_the_service
+def status(job_id: str, url: str, token: str | None, as_json: bool) -> None:
+    """A job's state and progress."""
+    job = Client(url, token).get(job_id)
+    if as_json:
+        click.echo(json.dumps({"id": job.id, "state": job.state, "progress": job.progress.model_dump()}))
+    else:
+        p = job.progress
+        click.echo(f"job {job.id}: {job.state} ({p.phase} {p.step}/{p.total}, {p.fraction:.0%})")
+
+
+@click.command("list")
+@click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
+@click.option("--limit", type=int, default=50, show_default=True)
+@url_option
+@token_option
+@json_option
+@calls_the_service
+def list_jobs(state: str | None, limit: int, url: str, token: str | None, as_json: bool) -> None:
+    """Jobs, newest first."""
+    jobs = []
+    for job in Client(url, token).list(state=state):
+        jobs.append(job)
+        if len(jobs) >= limit:
+            break
+    if as_json:
+        click.echo(json.dumps([{"id": j.id, "state": j.state, "created_at": j.created_at.isoformat()} for j in jobs]))
+        return
+    for j in jobs:
+        rec = j.result.recommendation if j.result else None
+        click.echo(f"{j.id}  {j.state:<10} {j.created_at:%Y-%m-%d %H:%M:%S}  {f'lr {rec.lr:.3g}' if rec else ''}")
+
+
+@click.command()
+@click.argument("job_id")
+@url_option
+@token_option
+@json_option
+@calls_the_service
+def cancel(job_id: str, url: str, token: str | None, as_json: bool) -> None:
+    """Cancel a queued or running job."""
+    show(Client(url, token).cancel(job_id), as_json)
+
+
+@click.command()
+@click.argument("job_id")
+@url_option
+@token_option
+@json_option
+@calls_the_service
+def result(job_id: str, url: str, token: str | None, as_json: bool) -> None:
+    """A job's recommendation (exit 1 if it failed or was cancelled)."""
+    job = Client(url, token).get(job_id)
+    show(job, as_json)
+    if job.state in ("failed", "cancelled"):
+        sys.exit(JOB_ENDED_BADLY)
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--target-column", default=None, help="CSV/Parquet: the label column (default target).")
+@url_option
+@token_option
+@json_option
+@calls_the_service
+def upload(file: Path, target_column: str | None, url: str, token: str | None, as_json: bool) -> None:
+    """Upload a dataset (.npz, .csv or .parquet) and print its id."""
+    dataset = Client(url, token).upload_dataset(file, target_column)
+    if as_json:
+        click.echo(dataset.model_dump_json(indent=2))
+    else:
+        click.echo(f"dataset {dataset.id}: {dataset.shape.task}, samples {dataset.shapes['x'][0]}, "
+                   f"input {list(dataset.shape.input_shape)}, outputs {dataset.shape.num_outputs}")  # fmt: skip
+
+
+COMMANDS = (submit, status, list_jobs, cancel, result, upload)

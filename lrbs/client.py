@@ -4,14 +4,15 @@
     job = Client().wait(Client().submit(spec))       # LRBS_URL / LRBS_TOKEN, or Client(url=..., token=...)
     optimizer, scheduler = apply(job.result.recommendation, model.parameters())
 
-Results are the contract's own pydantic models. Reads are retried with backoff on connection errors and 5xx;
-a submit is not (a retried submit could queue the job twice).
+Results are the contract's own pydantic models. Requests are retried with backoff on connection errors and
+5xx; a submit carries an Idempotency-Key, so its retries never queue the job twice.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,11 @@ class Client:
     # ------------------------------------------------------------------------------------------ jobs
 
     def submit(self, spec: JobSpec | dict[str, Any]) -> Job:
+        """Queue a job. Retried through connection errors and 5xx with one Idempotency-Key, so a retry that
+        reaches the service twice still makes one job."""
         body = spec.model_dump(mode="json", exclude_unset=True) if isinstance(spec, JobSpec) else spec
-        return Job.model_validate(self._call("POST", "/v1/jobs", retry=False, json=body))
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        return Job.model_validate(self._call("POST", "/v1/jobs", json=body, headers=headers))
 
     def get(self, job: Job | str) -> Job:
         return Job.model_validate(self._call("GET", f"/v1/jobs/{_id(job)}"))

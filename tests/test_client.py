@@ -56,3 +56,58 @@ def test_apply_builds_what_the_snippet_prints(schedule):
     optimizer, _ = apply(rec, torch.nn.Linear(3, 2).parameters())
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["weight_decay"] == 0.01
     assert lrs(lambda m: apply(rec, m.parameters())) == pytest.approx(lrs(from_snippet), rel=2e-3)
+
+
+def test_the_same_idempotency_key_and_body_replay_the_first_job(client):
+    first = client.post("/v1/jobs", json=QUICK, headers={"Idempotency-Key": "k1"})
+    again = client.post("/v1/jobs", json=QUICK, headers={"Idempotency-Key": "k1"})
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"] and again.headers["location"] == first.headers["location"]
+    other = client.post("/v1/jobs", json={**QUICK, "seed": 3}, headers={"Idempotency-Key": "k1"})
+    assert other.status_code == 422 and "Idempotency-Key" in other.json()["detail"]
+    assert len(client.get("/v1/jobs").json()["jobs"]) == 1
+    assert client.post("/v1/jobs", json=QUICK, headers={"Idempotency-Key": "k2"}).json()["id"] != first.json()["id"]
+
+
+def test_concurrent_submits_with_one_key_make_one_job(client):
+    import threading
+
+    barrier, ids = threading.Barrier(4), []
+
+    def submit() -> None:
+        barrier.wait()
+        ids.append(client.post("/v1/jobs", json=QUICK, headers={"Idempotency-Key": "same"}).json()["id"])
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == 1 and len(client.get("/v1/jobs").json()["jobs"]) == 1
+
+
+def test_the_client_retries_a_submit_with_one_idempotency_key():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    keys: list[str] = []
+
+    class Down(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["content-length"]))
+            keys.append(self.headers["idempotency-key"])
+            self.send_response(503)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Down)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(LrbsError, match="503"):
+            Client(url=f"http://127.0.0.1:{server.server_address[1]}").submit(QUICK)
+    finally:
+        server.shutdown()
+    assert len(keys) == 5 and len(set(keys)) == 1  # every retry carried the same key

@@ -2,13 +2,14 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from lrbs.contract.builtins import BuiltinDatasetSpec
 from lrbs.contract.job_spec import JobSpec, UploadedDataset
 from lrbs.contract.resources import Job, JobPage, JobState
-from lrbs.service import admission, dataset_store, queue, worker_registry
+from lrbs.service import admission, dataset_store, idempotency, queue, worker_registry
 from lrbs.service.api.deps import CallerDep, SessionsDep, SettingsDep
 from lrbs.service.db import transaction
 from lrbs.service.errors import Unprocessable
@@ -31,12 +32,27 @@ def to_resource(job: JobRow) -> Job:
     "`state`, `progress` and, once succeeded, `result`.",
 )
 async def submit_job(
-    spec: JobSpec, request: Request, response: Response, sessions: SessionsDep, settings: SettingsDep, caller: CallerDep
+    spec: JobSpec,
+    request: Request,
+    response: Response,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=200,
+            description="Retry a submit safely: the same key and body answer with the job the first request made.",
+        ),
+    ] = None,
 ) -> Job:
     check_limits(spec, settings)
+    digest = idempotency.body_digest(spec)
 
     def write() -> Job:
         with transaction(sessions) as session:
+            if idempotency_key and (earlier := idempotency.replay(session, caller, idempotency_key, digest)):
+                return to_resource(earlier)
             dataset_id = None
             largest = worker_registry.largest_memory_gb(session, settings)
             if isinstance(spec.dataset, UploadedDataset):  # its shape is known only from the stored upload
@@ -50,9 +66,14 @@ async def submit_job(
             elif isinstance(spec.dataset, BuiltinDatasetSpec):
                 admission.check(spec, spec.dataset.shape(), spec.dataset.n_samples(), settings, largest)
             job = queue.submit(session, spec, settings, dataset_id=dataset_id, owner_key_id=caller.key_id)
+            if idempotency_key:
+                idempotency.remember(session, caller, idempotency_key, digest, job.id)
             return to_resource(job)
 
-    job = await run_in_threadpool(write)
+    try:
+        job = await run_in_threadpool(write)
+    except IntegrityError:  # the same key arrived twice at once: the other request made the job
+        job = await run_in_threadpool(write)
     request.app.state.doorbell.ring()
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job

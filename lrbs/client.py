@@ -67,11 +67,19 @@ class Client:
     def get(self, job: Job | str) -> Job:
         return Job.model_validate(self._call("GET", f"/v1/jobs/{_id(job)}"))
 
-    def list(self, state: JobState | str | None = None, page_size: int = 100) -> Iterator[Job]:
-        """Every job this key can see, newest first, following the pages."""
+    def list(
+        self,
+        state: JobState | str | None = None,
+        labels: dict[str, str] | None = None,
+        summary: bool = False,
+        page_size: int = 100,
+    ) -> Iterator[Job]:
+        """Every job this key can see, newest first, following the pages; `summary` leaves out the curves."""
         token: str | None = None
         while True:
-            params: dict[str, Any] = {"page_size": page_size}
+            params: dict[str, Any] = {"page_size": page_size, "view": "summary" if summary else "full"}
+            if labels:
+                params["label"] = [f"{k}:{v}" for k, v in labels.items()]
             if state is not None:
                 params["state"] = str(state)
             if token:

@@ -138,15 +138,18 @@ def status(job_id: str, url: str, token: str | None, as_json: bool) -> None:
 
 @click.command("list")
 @click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
+@click.option("--label", "labels", multiple=True, help="key:value; repeat to require several.")
 @click.option("--limit", type=int, default=50, show_default=True)
 @url_option
 @token_option
 @json_option
 @calls_the_service
-def list_jobs(state: str | None, limit: int, url: str, token: str | None, as_json: bool) -> None:
+def list_jobs(state: str | None, labels: tuple[str, ...], limit: int, url: str, token: str | None,
+              as_json: bool) -> None:  # fmt: skip
     """Jobs, newest first."""
     jobs = []
-    for job in Client(url, token).list(state=state):
+    wanted = dict(label.partition(":")[::2] for label in labels)
+    for job in Client(url, token).list(state=state, labels=wanted, summary=True):
         jobs.append(job)
         if len(jobs) >= limit:
             break
@@ -155,7 +158,10 @@ def list_jobs(state: str | None, limit: int, url: str, token: str | None, as_jso
         return
     for j in jobs:
         rec = j.result.recommendation if j.result else None
-        click.echo(f"{j.id}  {j.state:<10} {j.created_at:%Y-%m-%d %H:%M:%S}  {f'lr {rec.lr:.3g}' if rec else ''}")
+        name = j.spec.name or ""
+        click.echo(
+            f"{j.id}  {j.state:<10} {j.created_at:%Y-%m-%d %H:%M:%S}  {name:<24} {f'lr {rec.lr:.3g}' if rec else ''}"
+        )
 
 
 @click.command()

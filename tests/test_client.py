@@ -9,7 +9,7 @@ from lrbs import Client, JobCancelled, LrbsError, apply
 from lrbs.contract.job_spec import JobSpec
 from lrbs.schedules import SCHEDULES
 from lrbs.worker.advise import advise
-from tests.conftest import MINIMAL_SPEC
+from tests.conftest import AUTH, MINIMAL_SPEC
 
 QUICK = {**MINIMAL_SPEC, "lr_range": {"num_steps": 30, "thoroughness": "quick"}}
 
@@ -111,3 +111,32 @@ def test_the_client_retries_a_submit_with_one_idempotency_key():
     finally:
         server.shutdown()
     assert len(keys) == 5 and len(set(keys)) == 1  # every retry carried the same key
+
+
+def test_names_labels_and_the_summary_view(client, sessions):
+    from lrbs.contract.results import Curve, Environment, Result
+
+    lrbs = Client(http=client)
+    vision = lrbs.submit({**QUICK, "name": "resnet sweep", "labels": {"team": "vision", "run": "3"}})
+    lrbs.submit({**QUICK, "labels": {"team": "nlp"}})
+    assert [j.id for j in lrbs.list(labels={"team": "vision"})] == [vision.id]
+    assert [j.id for j in lrbs.list(labels={"team": "vision", "run": "4"})] == []
+    assert lrbs.get(vision).spec.name == "resnet sweep"
+    r = client.get("/v1/jobs", params={"label": "no-colon"})
+    assert r.status_code == 422 and "key:value" in r.json()["detail"]
+    bad = client.post("/v1/jobs", json={**QUICK, "labels": {f"k{i}": "v" for i in range(17)}})
+    assert bad.status_code == 422  # at most 16 labels
+
+    lease = client.post("/v1/worker/claim", json={"worker_id": "w", "wait_seconds": 0}, headers=AUTH).json()
+    result = Result(
+        curve=Curve(lr=[0.1] * 500, loss=[1.0] * 500, smoothed_loss=[1.0] * 500), suggestions={},
+        stop_reason="completed", steps_run=500, wall_time_s=1.0,
+        environment=Environment(device="cpu", torch="x", python="x", lrbs="x"),
+    )  # fmt: skip
+    body = {"lease_token": lease["lease_token"], "result": result.model_dump(mode="json")}
+    assert client.post(f"/v1/worker/jobs/{lease['job_id']}:complete", json=body, headers=AUTH).status_code == 204
+    full = client.get("/v1/jobs", params={"state": "succeeded"})
+    summary = client.get("/v1/jobs", params={"state": "succeeded", "view": "summary"})
+    assert summary.json()["jobs"][0]["result"]["curve"] is None
+    assert full.json()["jobs"][0]["result"]["curve"]["lr"] == [0.1] * 500
+    assert len(summary.content) < len(full.content) / 3

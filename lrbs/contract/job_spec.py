@@ -39,6 +39,7 @@ ModelSpec = Annotated[
     Annotated[BuiltinModel, Tag("builtin")] | Annotated[PluginRef, Tag("plugin")], Discriminator(source_of)
 ]
 
+LABEL_KEY = r"^[A-Za-z0-9_.\-]{1,64}$"
 LossName = Literal["cross_entropy", "mse", "l1", "bce_with_logits", "nll"]
 
 
@@ -162,6 +163,13 @@ class JobSpec(Strict):
     channels_last: bool = Field(False, description="Image models and data in channels-last memory format.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N.")
     seed: int = 0
+    name: str | None = Field(None, max_length=200, description="A name for people: shown in lists.")
+    labels: dict[Annotated[str, Field(pattern=LABEL_KEY)], Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Up to 16 key: value strings from your pipeline; GET /v1/jobs?label=key:value filters by them.",
+        examples=[{"team": "vision", "run": "resnet-sweep-3"}],
+    )
 
     @field_validator("batch_sizes")
     @classmethod

@@ -122,7 +122,7 @@ class Environment(Model):
 
 
 class Result(Model):
-    curve: Curve
+    curve: Curve | None = Field(description="The median range-test curve (left out of lists with ?view=summary).")
     suggestions: dict[str, SuggestionOut]
     recommendation: Recommendation | None = Field(
         None, description="Missing only when no rule could read the curve; `suggestions` says why."

@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, engine, func, select, update
+from sqlalchemy import CursorResult, engine, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from lrbs.contract.job_spec import JobSpec
@@ -26,7 +26,7 @@ from lrbs.service.db import epoch_now
 from lrbs.service.errors import RETRY_AFTER_SECONDS, Conflict, LeaseLost, NotFound, TooManyRequests
 from lrbs.service.pagination import newest_first
 from lrbs.service.settings import Settings
-from lrbs.service.tables import JobRow
+from lrbs.service.tables import JobLabelRow, JobRow
 
 
 def utcnow() -> datetime:
@@ -77,6 +77,7 @@ def submit(
     )
     session.add(job)
     session.flush()
+    session.add_all(JobLabelRow(job_id=job.id, key=k, value=v) for k, v in spec.labels.items())
     return job
 
 
@@ -135,9 +136,18 @@ def delete(session: Session, job_id: str, caller: Caller = OPEN) -> None:
 
 
 def list_jobs(
-    session: Session, state: str | None, page_size: int, page_token: str | None, caller: Caller = OPEN
+    session: Session,
+    state: str | None,
+    page_size: int,
+    page_token: str | None,
+    caller: Caller = OPEN,
+    labels: dict[str, str] | None = None,
 ) -> tuple[list[JobRow], str | None]:
     query = select(JobRow)
+    for key, value in (labels or {}).items():
+        query = query.where(
+            exists().where(JobLabelRow.job_id == JobRow.id, JobLabelRow.key == key, JobLabelRow.value == value)
+        )
     if not caller.admin:
         query = query.where(JobRow.owner_key_id == caller.key_id)
     if state is not None:

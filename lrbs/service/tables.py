@@ -127,3 +127,15 @@ class IdempotencyKeyRow(Base):
     body_sha256: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class JobLabelRow(Base):
+    """One label of a job (from its spec's `labels`), for filtering lists by label."""
+
+    __tablename__ = "job_labels"
+
+    job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+
+    __table_args__ = (Index("ix_job_labels_key_value", "key", "value"),)

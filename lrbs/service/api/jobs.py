@@ -1,6 +1,6 @@
 """/v1/jobs: submit, read, list and cancel advice jobs."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
@@ -91,13 +91,31 @@ def list_jobs(
     settings: SettingsDep,
     caller: CallerDep,
     state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+    label: Annotated[
+        list[str], Query(description="Only jobs with this label, as key:value; repeat to require several.")
+    ] = [],  # noqa: B006 (FastAPI copies the default)
+    view: Annotated[
+        Literal["full", "summary"], Query(description="summary leaves each result's curve out: lists stay small.")
+    ] = "full",
     page_size: Annotated[int, Query(ge=1, description="Jobs per page (at most LRBS_MAX_PAGE_SIZE).")] = 50,
     page_token: Annotated[str | None, Query(description="next_page_token of the previous page.")] = None,
 ) -> JobPage:
+    labels = {}
+    for item in label:
+        key, sep, value = item.partition(":")
+        if not sep or not key:
+            message = f"label {item!r} is not key:value; accepted: e.g. label=team:vision"
+            raise Unprocessable(message, errors=[{"field": "label", "message": message}])
+        labels[key] = value
     page_size = min(page_size, settings.max_page_size)
     with transaction(sessions) as session:
-        jobs, token = queue.list_jobs(session, state, page_size, page_token, caller)
-        return JobPage(jobs=[to_resource(j) for j in jobs], next_page_token=token)
+        jobs, token = queue.list_jobs(session, state, page_size, page_token, caller, labels)
+        resources = [to_resource(j) for j in jobs]
+    if view == "summary":
+        for job in resources:
+            if job.result is not None:
+                job.result.curve = None
+    return JobPage(jobs=resources, next_page_token=token)
 
 
 @router.post(

@@ -47,3 +47,13 @@ def test_live_errors_match_the_problem_schema(client):
         assert r.headers["content-type"] == "application/problem+json"
         problem = Problem.model_validate(r.json())
         assert problem.status == r.status_code and problem.detail
+
+
+def test_the_submit_operation_shows_named_examples_that_are_valid_specs(client):
+    from lrbs.contract.job_spec import JobSpec
+
+    schema = client.get("/openapi.json").json()
+    examples = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["examples"]
+    assert set(examples) == {"lr_only", "lr_and_batch", "uploaded_dataset", "plugin_model"}
+    for name in ("lr_only", "lr_and_batch", "plugin_model"):  # the upload example needs a real dataset id
+        JobSpec.model_validate(examples[name]["value"])

@@ -1,8 +1,8 @@
 """/v1/jobs: submit, read, list and cancel advice jobs."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
@@ -18,6 +18,39 @@ from lrbs.service.tables import JobRow
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
+_BASE = {
+    "model": {"name": "mlp", "params": {"hidden": [64, 64]}},
+    "dataset": {"name": "synthetic_classification", "params": {"n_samples": 2048}},
+    "optimizer": {"name": "sgd", "params": {"momentum": 0.9}},
+}
+SUBMIT_EXAMPLES: dict[str, Any] = {
+    "lr_only": {"summary": "LR advice only (the minimum)", "value": _BASE},
+    "lr_and_batch": {
+        "summary": "LR and batch-size advice",
+        "value": {
+            **_BASE,
+            "batch_sizes": {"auto": True, "min": 16, "max": 512},
+            "lr_scaling": "auto",
+            "target_effective_batch": 1024,
+            "schedule": "cosine",
+            "train_steps": 5000,
+        },
+    },
+    "uploaded_dataset": {
+        "summary": "On a dataset uploaded with POST /v1/datasets",
+        "value": {**_BASE, "dataset": {"source": "upload", "id": "<id from POST /v1/datasets>"}},
+    },
+    "plugin_model": {
+        "summary": "A team's own model, allow-listed on the workers",
+        "value": {
+            **_BASE,
+            "model": {"source": "plugin", "name": "team_models.vision:small_resnet", "params": {"width": 32}},
+            "dataset": {"name": "synthetic_images"},
+            "precision": "bf16",
+        },
+    },
+}
+
 
 def to_resource(job: JobRow) -> Job:
     return Job.model_validate(job, from_attributes=True)
@@ -32,7 +65,7 @@ def to_resource(job: JobRow) -> Job:
     "`state`, `progress` and, once succeeded, `result`.",
 )
 async def submit_job(
-    spec: JobSpec,
+    spec: Annotated[JobSpec, Body(openapi_examples=SUBMIT_EXAMPLES)],
     request: Request,
     response: Response,
     sessions: SessionsDep,

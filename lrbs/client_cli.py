@@ -29,8 +29,9 @@ token_option = click.option("--token", envvar="LRBS_TOKEN", default=None, help="
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
-def calls_the_service(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the client's errors into messages and exit codes."""
+def service_command(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every client command takes (--url, --token, --json), and the client's errors turned into
+    messages and exit codes."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -45,7 +46,7 @@ def calls_the_service(command: Callable[..., Any]) -> Callable[..., Any]:
                 click.echo(f"  {field.get('field')}: {field.get('message')}", err=True)
             sys.exit(BAD_INPUT if exc.status in (400, 409, 413, 422) else JOB_ENDED_BADLY)
 
-    return wrapper
+    return url_option(token_option(json_option(wrapper)))
 
 
 def read_spec(path: Path) -> dict[str, Any]:
@@ -98,10 +99,7 @@ def progress_line(started: float) -> Callable[[Progress], None]:
 @click.command()
 @click.argument("spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--wait", is_flag=True, help="Follow the job to its end, with a progress line, then show the advice.")
-@url_option
-@token_option
-@json_option
-@calls_the_service
+@service_command
 def submit(spec_file: Path, wait: bool, url: str, token: str | None, as_json: bool) -> None:
     """Submit the job spec in SPEC_FILE (JSON or YAML)."""
     client = Client(url, token)
@@ -122,10 +120,7 @@ def submit(spec_file: Path, wait: bool, url: str, token: str | None, as_json: bo
 
 @click.command()
 @click.argument("job_id")
-@url_option
-@token_option
-@json_option
-@calls_the_service
+@service_command
 def status(job_id: str, url: str, token: str | None, as_json: bool) -> None:
     """A job's state and progress."""
     job = Client(url, token).get(job_id)
@@ -140,10 +135,7 @@ def status(job_id: str, url: str, token: str | None, as_json: bool) -> None:
 @click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
 @click.option("--label", "labels", multiple=True, help="key:value; repeat to require several.")
 @click.option("--limit", type=int, default=50, show_default=True)
-@url_option
-@token_option
-@json_option
-@calls_the_service
+@service_command
 def list_jobs(state: str | None, labels: tuple[str, ...], limit: int, url: str, token: str | None,
               as_json: bool) -> None:  # fmt: skip
     """Jobs, newest first."""
@@ -166,10 +158,7 @@ def list_jobs(state: str | None, labels: tuple[str, ...], limit: int, url: str, 
 
 @click.command()
 @click.argument("job_id")
-@url_option
-@token_option
-@json_option
-@calls_the_service
+@service_command
 def cancel(job_id: str, url: str, token: str | None, as_json: bool) -> None:
     """Cancel a queued or running job."""
     show(Client(url, token).cancel(job_id), as_json)
@@ -177,10 +166,7 @@ def cancel(job_id: str, url: str, token: str | None, as_json: bool) -> None:
 
 @click.command()
 @click.argument("job_id")
-@url_option
-@token_option
-@json_option
-@calls_the_service
+@service_command
 def result(job_id: str, url: str, token: str | None, as_json: bool) -> None:
     """A job's recommendation (exit 1 if it failed or was cancelled)."""
     job = Client(url, token).get(job_id)
@@ -192,10 +178,7 @@ def result(job_id: str, url: str, token: str | None, as_json: bool) -> None:
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--target-column", default=None, help="CSV/Parquet: the label column (default target).")
-@url_option
-@token_option
-@json_option
-@calls_the_service
+@service_command
 def upload(file: Path, target_column: str | None, url: str, token: str | None, as_json: bool) -> None:
     """Upload a dataset (.npz, .csv or .parquet) and print its id."""
     dataset = Client(url, token).upload_dataset(file, target_column)

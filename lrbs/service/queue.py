@@ -13,16 +13,15 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
 
-from sqlalchemy import CursorResult, engine, exists, func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from lrbs.contract.job_spec import JobSpec
 from lrbs.contract.resources import TERMINAL_STATES, JobErrorDetail, JobState, Progress
 from lrbs.contract.results import Result
 from lrbs.service.api_keys import OPEN, Caller
-from lrbs.service.db import epoch_now
+from lrbs.service.db import epoch_now, rowcount
 from lrbs.service.errors import RETRY_AFTER_SECONDS, Conflict, LeaseLost, NotFound, TooManyRequests
 from lrbs.service.pagination import newest_first
 from lrbs.service.settings import Settings
@@ -89,16 +88,11 @@ def get(session: Session, job_id: str, caller: Caller = OPEN) -> JobRow:
     return job
 
 
-def _rowcount(result: engine.Result[Any]) -> int:
-    """Rows an UPDATE matched (an UPDATE's result is a CursorResult)."""
-    return cast(CursorResult[Any], result).rowcount
-
-
 def cancel(session: Session, job_id: str, caller: Caller = OPEN) -> JobRow:
     """A queued job is cancelled at once; a running one is flagged and its worker stops it."""
     get(session, job_id, caller)
     now = utcnow()
-    done = _rowcount(
+    done = rowcount(
         session.execute(
             update(JobRow)
             .where(JobRow.id == job_id, JobRow.state == JobState.queued)
@@ -112,7 +106,7 @@ def cancel(session: Session, job_id: str, caller: Caller = OPEN) -> JobRow:
             .execution_options(synchronize_session=False)
         )
     )
-    flagged = done or _rowcount(
+    flagged = done or rowcount(
         session.execute(
             update(JobRow)
             .where(JobRow.id == job_id, JobRow.state == JobState.running)
@@ -230,7 +224,7 @@ def _finish(session: Session, job_id: str, lease_token: str, state: str, cancell
     no cancel requested; cancelled: one was)."""
     now = utcnow()
     return bool(
-        _rowcount(
+        rowcount(
             session.execute(
                 update(JobRow)
                 .where(*_running(job_id, lease_token), JobRow.cancel_requested == cancelled)
@@ -282,7 +276,7 @@ def mark_cancelled(session: Session, job_id: str, lease_token: str) -> None:
 def release(session: Session, job_id: str, lease_token: str) -> bool:
     """Hand a claimed job back without using an attempt: its worker went away before it started."""
     return bool(
-        _rowcount(
+        rowcount(
             session.execute(
                 update(JobRow)
                 .where(*_running(job_id, lease_token), JobRow.heartbeats == 0)

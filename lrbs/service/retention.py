@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from lrbs.contract.resources import TERMINAL_STATES
 from lrbs.service import dataset_store
+from lrbs.service.db import rowcount
 from lrbs.service.queue import utcnow
 from lrbs.service.settings import Settings
 from lrbs.service.tables import DatasetRow, JobRow
@@ -19,11 +20,13 @@ def purge(session: Session, settings: Settings) -> tuple[int, int]:
     if settings.retention_days is None:
         return 0, 0
     cutoff = utcnow() - timedelta(days=settings.retention_days)
-    jobs = session.execute(
-        delete(JobRow)
-        .where(JobRow.state.in_(TERMINAL_STATES), JobRow.finished_at < cutoff)
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
+    jobs = rowcount(
+        session.execute(
+            delete(JobRow)
+            .where(JobRow.state.in_(TERMINAL_STATES), JobRow.finished_at < cutoff)
+            .execution_options(synchronize_session=False)
+        )
+    )
     unused = session.scalars(
         select(DatasetRow)
         .where(DatasetRow.created_at < cutoff, ~exists().where(JobRow.dataset_id == DatasetRow.id))
@@ -31,4 +34,4 @@ def purge(session: Session, settings: Settings) -> tuple[int, int]:
     ).all()
     for row in unused:
         dataset_store.delete(session, row.id, settings)
-    return int(jobs or 0), len(unused)
+    return jobs, len(unused)

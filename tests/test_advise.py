@@ -1,5 +1,6 @@
 """A whole job on the worker side, in process: built-ins, training options and what a CPU refuses."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,6 +117,10 @@ def test_thorough_confirms_with_short_trainings():
     assert [c.lr for c in rec.confirmation] == pytest.approx([rec.lr_low, rec.confirmation[1].lr, rec.lr_high])
     best = min((c for c in rec.confirmation if c.val_loss is not None), key=lambda c: c.val_loss)
     assert rec.lr == best.lr and rec.rule.endswith("+confirm") and result.sweeps == 3
+    # each sweep's own curve is kept, and the median curve is their per-step median
+    assert len(result.sweep_curves) == 3
+    n = len(result.curve.lr)
+    assert result.curve.loss == pytest.approx(np.median([c.loss[:n] for c in result.sweep_curves], axis=0).tolist())
 
 
 @pytest.mark.parametrize(

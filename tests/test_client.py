@@ -128,8 +128,9 @@ def test_names_labels_and_the_summary_view(client, sessions):
     assert bad.status_code == 422  # at most 16 labels
 
     lease = client.post("/v1/worker/claim", json={"worker_id": "w", "wait_seconds": 0}, headers=AUTH).json()
+    sweep = Curve(lr=[0.1] * 500, loss=[1.0] * 500, smoothed_loss=[1.0] * 500)
     result = Result(
-        curve=Curve(lr=[0.1] * 500, loss=[1.0] * 500, smoothed_loss=[1.0] * 500), suggestions={},
+        curve=sweep, sweep_curves=[sweep, sweep], suggestions={},
         stop_reason="completed", steps_run=500, wall_time_s=1.0,
         environment=Environment(device="cpu", torch="x", python="x", lrbs="x"),
     )  # fmt: skip
@@ -138,5 +139,7 @@ def test_names_labels_and_the_summary_view(client, sessions):
     full = client.get("/v1/jobs", params={"state": "succeeded"})
     summary = client.get("/v1/jobs", params={"state": "succeeded", "view": "summary"})
     assert summary.json()["jobs"][0]["result"]["curve"] is None
+    assert summary.json()["jobs"][0]["result"]["sweep_curves"] is None
     assert full.json()["jobs"][0]["result"]["curve"]["lr"] == [0.1] * 500
+    assert len(full.json()["jobs"][0]["result"]["sweep_curves"]) == 2
     assert len(summary.content) < len(full.content) / 3

@@ -161,7 +161,7 @@ def test_caller_state_is_untouched_when_on_progress_aborts() -> None:
     model, opt, batches = warmed_up()
     before = snapshot(model, opt)
 
-    def cancel(step_done: int, total: int) -> None:
+    def cancel(step_done: int, total: int, lr: float | None, loss: float | None) -> None:
         raise KeyboardInterrupt("cancelled")
 
     with pytest.raises(KeyboardInterrupt):
@@ -278,7 +278,7 @@ def test_real_divergence_index_does_not_depend_on_check_every() -> None:
 
 def test_on_progress_reports_increasing_steps_ending_at_steps_run() -> None:
     model, opt, batches = warmed_up()
-    calls: list[tuple[int, int]] = []
+    calls: list[tuple[int, int, float | None, float | None]] = []
     result = lr_range_test(
         model,
         CE,
@@ -287,10 +287,12 @@ def test_on_progress_reports_increasing_steps_ending_at_steps_run() -> None:
         max_lr=1e-2,
         num_steps=23,
         check_every=5,
-        on_progress=lambda done, total: calls.append((done, total)),
+        on_progress=lambda done, total, lr, loss: calls.append((done, total, lr, loss)),
     )
-    assert calls == [(5, 23), (10, 23), (15, 23), (20, 23), (23, 23)]
+    assert [(done, total) for done, total, _, _ in calls] == [(5, 23), (10, 23), (15, 23), (20, 23), (23, 23)]
     assert calls[-1][0] == result.steps_run
+    # each report carries the latest point of the curve: what a live progress view shows
+    assert [(lr, loss) for _, _, lr, loss in calls] == [(result.lrs[d - 1], result.smoothed[d - 1]) for d, *_ in calls]
 
 
 def test_curve_does_not_depend_on_check_every() -> None:

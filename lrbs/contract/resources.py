@@ -49,6 +49,8 @@ class Progress(Model):
     step: int = 0
     total: int = 0
     fraction: float = Field(0.0, ge=0, le=1)
+    lr: float | None = Field(None, description="lr_range: the LR of the latest step.")
+    loss: float | None = Field(None, description="lr_range: the latest smoothed loss.")
 
 
 ErrorKind = Literal["invalid_job", "internal", "timeout", "shutdown", "lease_expired", "out_of_memory", "killed"]

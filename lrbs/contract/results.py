@@ -123,6 +123,9 @@ class Environment(Model):
 
 class Result(Model):
     curve: Curve | None = Field(description="The median range-test curve (left out of lists with ?view=summary).")
+    sweep_curves: list[Curve] | None = Field(
+        None, description="Each range test's own curve, before the median (left out of lists with ?view=summary)."
+    )
     suggestions: dict[str, SuggestionOut]
     recommendation: Recommendation | None = Field(
         None, description="Missing only when no rule could read the curve; `suggestions` says why."

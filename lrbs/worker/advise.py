@@ -58,6 +58,7 @@ def advise(
         batch_advice = advise_batch_size(job, choice.lr, headroom=memory_headroom)
     return Result(
         curve=Curve(lr=curve.lrs, loss=curve.losses, smoothed_loss=curve.smoothed),
+        sweep_curves=[Curve(lr=c.lrs, loss=c.losses, smoothed_loss=c.smoothed) for c in curves],
         suggestions={name: SuggestionOut(lr=g.lr, reason=g.reason) for name, g in suggestions.items()},
         recommendation=recommendation(
             choice, spec, min(sweep.batch_size, job.data.n_train), curve, train_steps, confirmation
@@ -86,8 +87,8 @@ def sweeps(job: JobContext) -> list[RangeResult]:
     for i in range(count):
         done = i * sweep.num_steps
 
-        def range_progress(step: int, _total: int, done: int = done) -> None:
-            job.progress("lr_range", done + step, total)
+        def range_progress(step: int, _total: int, lr: float | None, loss: float | None, done: int = done) -> None:
+            job.progress("lr_range", done + step, total, lr=lr, loss=loss)
 
         curves.append(job.range_test(sweep.batch_size, seed=job.spec.seed + i, on_progress=range_progress))
     return curves

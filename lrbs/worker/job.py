@@ -22,7 +22,7 @@ from lrbs.worker.data import TrainData, load_data
 from lrbs.worker.errors import JobError
 from lrbs.worker.plugins import PluginPolicy
 from lrbs.worker.probes import batch_size as batch_probe
-from lrbs.worker.probes.lr_range import RangeResult, lr_range_test
+from lrbs.worker.probes.lr_range import RangeProgress, RangeResult, lr_range_test
 from lrbs.worker.probes.step import LossFn, StepSettings
 from lrbs.worker.probes.train import train
 
@@ -71,8 +71,11 @@ class JobContext:
         loss_fn = factories.make_loss(spec.loss, policy)
         return cls(spec, data, loss_fn, device, policy, report, settings)
 
-    def progress(self, phase: str, step: int = 0, total: int = 0) -> None:
-        self.report(Progress(phase=phase, step=step, total=total, fraction=min(1.0, step / total) if total else 0.0))
+    def progress(
+        self, phase: str, step: int = 0, total: int = 0, lr: float | None = None, loss: float | None = None
+    ) -> None:
+        fraction = min(1.0, step / total) if total else 0.0
+        self.report(Progress(phase=phase, step=step, total=total, fraction=fraction, lr=lr, loss=loss))
 
     def fresh(self, lr: float, seed: int | None = None) -> tuple[nn.Module, torch.optim.Optimizer]:
         """A newly initialised model (seeded) on the job's device and its optimizer at `lr`."""
@@ -82,7 +85,7 @@ class JobContext:
         return model, factories.make_optimizer(self.spec.optimizer, model.parameters(), lr, self.policy)
 
     def range_test(
-        self, batch_size: int, seed: int | None = None, on_progress: Callable[[int, int], None] | None = None
+        self, batch_size: int, seed: int | None = None, on_progress: RangeProgress | None = None
     ) -> RangeResult:
         """One LR range test with the spec's sweep settings, on a fresh model, at this micro-batch size."""
         sweep = self.spec.lr_range

@@ -128,7 +128,7 @@ def list_jobs(
         list[str], Query(description="Only jobs with this label, as key:value; repeat to require several.")
     ] = [],  # noqa: B006 (FastAPI copies the default)
     view: Annotated[
-        Literal["full", "summary"], Query(description="summary leaves each result's curve out: lists stay small.")
+        Literal["full", "summary"], Query(description="summary leaves each result's curves out: lists stay small.")
     ] = "full",
     page_size: Annotated[int, Query(ge=1, description="Jobs per page (at most LRBS_MAX_PAGE_SIZE).")] = 50,
     page_token: Annotated[str | None, Query(description="next_page_token of the previous page.")] = None,
@@ -147,7 +147,7 @@ def list_jobs(
     if view == "summary":
         for job in resources:
             if job.result is not None:
-                job.result.curve = None
+                job.result.curve = job.result.sweep_curves = None
     return JobPage(jobs=resources, next_page_token=token)
 
 

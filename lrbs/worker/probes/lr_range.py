@@ -32,6 +32,9 @@ from torch import nn
 from lrbs.worker.probes.batches import forever
 from lrbs.worker.probes.step import LossFn, StepSettings, TrainingStep, device_of
 
+# on_progress(steps_done, total, latest_lr, latest_smoothed_loss); the last two are None before the first point.
+RangeProgress = Callable[[int, int, float | None, float | None], None]
+
 
 @dataclass
 class RangeResult:
@@ -78,13 +81,13 @@ def lr_range_test(
     smoothing: float = 0.98,
     diverge_factor: float = 4.0,
     check_every: int = 10,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: RangeProgress | None = None,
     step_settings: StepSettings | None = None,
 ) -> RangeResult:
     """Run the LR range test on a copy of `model` and `optimizer`; see the module docstring.
 
     Stops early when the smoothed loss exceeds `diverge_factor` × the best smoothed loss so far
-    (from the second step on), or when a loss is not finite. `on_progress(step_done, total)` is
+    (from the second step on), or when a loss is not finite. `on_progress(step_done, total, lr, smoothed_loss)` is
     called once per chunk of `check_every` steps; an exception it raises propagates.
     Each of the `num_steps` LR points is one optimizer step, run as `step_settings` say.
     """
@@ -134,7 +137,8 @@ def lr_range_test(
             best = min(best, smoothed)
         chunk_start = steps_run
         if on_progress is not None:
-            on_progress(steps_run, num_steps)
+            latest_lr, latest_loss = (curve_lrs[-1], curve_smoothed[-1]) if curve_lrs else (None, None)
+            on_progress(steps_run, num_steps, latest_lr, latest_loss)
         if stopped_at is not None:
             break
 

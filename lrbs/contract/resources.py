@@ -86,6 +86,20 @@ class Job(Model):
     error: JobErrorDetail | None = None
 
 
+class JobEvent(Model):
+    """One Server-Sent Event of GET /v1/jobs/{id}/events: the job's state and progress, without spec or result.
+
+    The SSE `event:` is `state` when the state changed (and for the first event), `progress` otherwise, and `end`
+    for the last one, sent once the job has ended; the SSE `id:` resumes the stream with Last-Event-ID."""
+
+    id: str
+    state: JobState
+    progress: Progress
+    cancel_requested: bool = False
+    error: JobErrorDetail | None = None
+    updated_at: datetime
+
+
 class DatasetOut(Model):
     id: str = Field(description='Use as {"source": "upload", "id": ...} in a job\'s dataset.')
     sha256: str = Field(description="Of the uploaded bytes: the same bytes always give the same id.")

@@ -6,11 +6,9 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,96 +17,9 @@ import pytest
 import torch
 
 from tests.conftest import MINIMAL_SPEC, WORKER_TOKEN
+from tests.live import process, service, sqlite_url, wait_for, wait_for_progress, worker
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]  # real uvicorn servers and worker processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def process(args: list[str], env: dict[str, str], log_path, cwd=None, program: str = sys.executable):
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [program, *args], env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=cwd
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-@contextmanager
-def service(database_url: str, tmp_path, workers: int = 1, cwd=None, **settings: str):
-    """`lrbs serve` on a free port; yields an httpx client pointed at it. With `cwd`, the installed `lrbs`
-    command is started from that folder, as a user would."""
-    port = free_port()
-    env = {
-        "LRBS_DATABASE_URL": database_url,
-        "LRBS_WORKER_TOKEN": WORKER_TOKEN,
-        "LRBS_AUTO_MIGRATE": "1",
-        "LRBS_DATA_DIR": str(tmp_path / "data"),
-        **{f"LRBS_{k.upper()}": v for k, v in settings.items()},
-    }
-    args = ["serve", "--port", str(port), "--workers", str(workers)]
-    if cwd is None:
-        launch = process(["-m", "lrbs", *args], env, tmp_path / "service.log")
-    else:
-        launch = process(
-            args, env, tmp_path / "service.log", cwd=cwd, program=str(Path(sys.executable).parent / "lrbs")
-        )
-    with (
-        launch as proc,
-        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http,
-    ):
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "service.log").read_text()
-            try:
-                if http.get("/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the service did not come up"
-            time.sleep(0.2)
-        http.port = port
-        http.pid = proc.pid
-        yield http
-
-
-def worker(port: int, tmp_path, name: str):
-    args = ["-m", "lrbs.worker", "--url", f"http://127.0.0.1:{port}", "--worker-id", name, "--wait", "5"]
-    return process(args, {"LRBS_WORKER_TOKEN": WORKER_TOKEN}, tmp_path / f"{name}.log")
-
-
-def wait_for(http: httpx.Client, job_id: str, states=("succeeded", "failed", "cancelled"), timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = http.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in states:
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} still {job['state']} after {timeout} s: {job}")
-
-
-def wait_for_progress(http: httpx.Client, job_id: str) -> None:
-    """Until the worker has reported range-test steps: the job is really under way."""
-    wait_for(http, job_id, states=("running",))
-    while http.get(f"/v1/jobs/{job_id}").json()["progress"]["step"] == 0:
-        time.sleep(0.1)
-
-
-def sqlite_url(tmp_path) -> str:
-    return f"sqlite:///{tmp_path}/lrbs.db"
 
 
 def test_a_folder_holding_worker_code_cannot_replace_the_embedded_worker(tmp_path):

@@ -14,16 +14,30 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import httpx
+from httpx_sse import SSEError, connect_sse
 
 from lrbs.contract.job_spec import JobSpec
-from lrbs.contract.resources import TERMINAL_STATES, DatasetOut, Job, JobErrorDetail, JobPage, JobState, Progress
+from lrbs.contract.resources import (
+    TERMINAL_STATES,
+    DatasetOut,
+    Job,
+    JobErrorDetail,
+    JobEvent,
+    JobPage,
+    JobState,
+    Progress,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRIES = 5
+# An event stream silent this long is reopened (resuming from its last event id), so `wait` notices its deadline.
+# Shorter than the service's keep-alive interval (15 s), which would otherwise reset the read timeout.
+STREAM_IDLE_SECONDS = 10.0
 
 
 class LrbsError(Exception):
@@ -100,8 +114,13 @@ class Client:
         on_progress: Callable[[Progress], None] | None = None,
         poll_seconds: float = 0.5,
     ) -> Job:
-        """Until the job ends: its final state, or JobFailed / JobCancelled / TimeoutError."""
+        """Until the job ends: its final state, or JobFailed / JobCancelled / TimeoutError.
+
+        Follows the job's Server-Sent Events (`on_progress` is called on every change); where the stream cannot be
+        had (a proxy that buffers it, a dropped connection), it polls every `poll_seconds` instead."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        with suppress(httpx.TransportError, SSEError):  # polling below gets there too, with the usual retries
+            self._follow(_id(job), deadline, on_progress, poll_seconds)
         while True:
             current = self.get(job)
             if on_progress is not None:
@@ -112,9 +131,39 @@ class Client:
                 if current.state == JobState.cancelled:
                     raise JobCancelled(current)
                 return current
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {current.id} still {current.state} after {timeout:g} s")
+            _check(deadline, current.id)
             time.sleep(poll_seconds)
+
+    def _follow(
+        self, job_id: str, deadline: float | None, on_progress: Callable[[Progress], None] | None, pause: float
+    ) -> None:
+        """Read the job's event stream until its `end` event, reopening it from the last event id when it goes
+        quiet or closes early."""
+        last_id: str | None = None
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            _check(deadline, job_id)
+            idle = STREAM_IDLE_SECONDS if remaining is None else max(0.01, min(remaining, STREAM_IDLE_SECONDS))
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            try:
+                with connect_sse(self.http, "GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                                 timeout=httpx.Timeout(30.0, read=idle)) as source:  # fmt: skip
+                    if source.response.is_error:
+                        source.response.read()
+                        raise _refusal(source.response)
+                    for sse in source.iter_sse():
+                        _check(deadline, job_id)
+                        if not sse.data:
+                            continue  # not an event (SSE dispatches none without data)
+                        last_id = sse.id or last_id
+                        event = JobEvent.model_validate_json(sse.data)
+                        if on_progress is not None:
+                            on_progress(event.progress)
+                        if sse.event == "end":
+                            return
+            except httpx.ReadTimeout:
+                continue  # quiet: look at the deadline, then resume
+            time.sleep(pause)  # closed before the end (the service restarting): reopen
 
     # -------------------------------------------------------------------------------------- datasets
 
@@ -141,12 +190,21 @@ class Client:
             time.sleep(delay)
             delay = min(delay * 2, 8.0)
         if r.is_error:
-            try:
-                problem = r.json()
-            except ValueError:
-                problem = {"detail": r.text[:500]}
-            raise LrbsError(r.status_code, problem.get("detail", r.reason_phrase), problem.get("errors"))
+            raise _refusal(r)
         return r.json() if r.content else None
+
+
+def _refusal(r: httpx.Response) -> LrbsError:
+    try:
+        problem = r.json()
+    except ValueError:
+        problem = {"detail": r.text[:500]}
+    return LrbsError(r.status_code, problem.get("detail", r.reason_phrase), problem.get("errors"))
+
+
+def _check(deadline: float | None, job_id: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError(f"job {job_id} has not ended within the time given to wait")
 
 
 def _id(job: Job | str) -> str:

@@ -85,13 +85,26 @@ def show(job: Job, as_json: bool) -> None:
     click.echo(job.model_dump_json(indent=2) if as_json else describe(job))
 
 
+BAR_WIDTH = 24
+
+
 def progress_line(started: float) -> Callable[[Progress], None]:
+    """One line, redrawn in place: phase, a bar, step/total, elapsed, the ETA of this phase, the latest LR/loss."""
+    phase, phase_started = "", started
+
     def draw(progress: Progress) -> None:
-        elapsed = time.monotonic() - started
-        eta = f", about {elapsed / progress.fraction - elapsed:.0f} s left" if 0 < progress.fraction < 1 else ""
+        nonlocal phase, phase_started
+        now = time.monotonic()
+        if progress.phase != phase:
+            phase, phase_started = progress.phase, now
+        in_phase = now - phase_started
+        filled = round(progress.fraction * BAR_WIDTH)
+        bar = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}]"
         steps = f" {progress.step}/{progress.total}" if progress.total else ""
-        click.echo(f"\r{progress.phase}{steps} ({progress.fraction:.0%}, {elapsed:.0f} s{eta})".ljust(70), nl=False,
-                   err=True)  # fmt: skip
+        eta = f", ETA {in_phase / progress.fraction - in_phase:.0f} s" if 0.02 < progress.fraction < 1 else ""
+        latest = f"  lr {progress.lr:.3g} loss {progress.loss:.4g}" if progress.lr and progress.loss else ""
+        line = f"{progress.phase:<12} {bar}{steps}  {now - started:.0f} s{eta}{latest}"
+        click.echo(f"\r{line:<100}", nl=False, err=True)
 
     return draw
 

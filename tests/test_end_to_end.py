@@ -334,6 +334,7 @@ def test_the_cli_submits_waits_and_reports_with_exit_codes(tmp_path):
         done = cli("submit", str(spec), "--wait", url=url)
         assert done.returncode == 0, done.stderr
         assert "succeeded" in done.stdout and "lr " in done.stdout and "scheduler = " in done.stdout
+        assert "lr_range" in done.stderr and "#" in done.stderr  # the live progress bar, from the event stream
         job_id = done.stdout.split()[1].rstrip(":")
         as_json = cli("result", job_id, "--json", url=url)
         assert as_json.returncode == 0 and '"recommendation"' in as_json.stdout

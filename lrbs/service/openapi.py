@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from lrbs.contract.resources import Problem
+from lrbs.contract.resources import JobEvent, Problem
 from lrbs.service.errors import PROBLEM_JSON
 
 TAGS = [
@@ -65,9 +65,10 @@ def install(app: FastAPI) -> None:
         )
         components = schema.setdefault("components", {})
         schemas = components.setdefault("schemas", {})
-        problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(problem.pop("$defs", {}))
-        schemas["Problem"] = problem
+        for model in (Problem, JobEvent):  # bodies no route returns as JSON: referenced from the responses
+            found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(found.pop("$defs", {}))
+            schemas[model.__name__] = found
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
         components["securitySchemes"] = {

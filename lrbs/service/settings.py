@@ -38,6 +38,9 @@ class Settings(BaseSettings):
         "without using an attempt (the worker went away before it started).",
     )
     max_run_seconds: float = Field(3600.0, gt=0, description="Wall time one attempt may run before it fails.")
+    events_poll_seconds: float = Field(
+        0.5, gt=0, description="How often a job's event stream looks for a change (one primary-key read)."
+    )
 
     # Limits on what a job may ask for
     max_spec_bytes: int = Field(64 * 1024, gt=0)

@@ -26,9 +26,10 @@ KEEPALIVE_SECONDS = 15  # a comment line this often keeps proxies from closing a
 
 EVENT_STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "`text/event-stream`. Each event's `data` is a JobEvent (JSON; see the JobEvent schema). `event` is `state` for the "
-        "first event and whenever the state changes, `progress` when only the progress changed, and `end` for the "
-        "last event, sent once the job has ended; then the stream closes. Lines starting with `:` are keep-alives.",
+        "description": "`text/event-stream`. Each event's `data` is a JobEvent (JSON; see the JobEvent schema). "
+        "`event` is `state` for the first event and whenever the state changes, `progress` when only the progress "
+        "changed, and `end` for the last event, sent once the job has ended; then the stream closes. Lines "
+        "starting with `:` are keep-alives.",
         # The body is SSE text, not one JSON document; each event's data is a JobEvent (in components/schemas).
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 import lrbs
 from lrbs.service import db, openapi, queue, retention
-from lrbs.service.api import datasets, events, health, jobs, worker_protocol, workers
+from lrbs.service.api import datasets, events, health, jobs, plots, worker_protocol, workers
 from lrbs.service.body_limits import BodyLimitMiddleware
 from lrbs.service.errors import install_handlers
 from lrbs.service.settings import Settings
@@ -108,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimitMiddleware, settings=settings)
 
-    for module in (jobs, events, datasets, workers, worker_protocol, health):
+    for module in (jobs, events, plots, datasets, workers, worker_protocol, health):
         app.include_router(module.router)
     openapi.install(app)
     return app

@@ -25,7 +25,8 @@ ERROR_DESCRIPTIONS = {
     "400": "A malformed request (a body that is not JSON, a page_token this API did not issue).",
     "401": "An API key is needed (once any key exists) and was missing, unknown or revoked.",
     "404": "No such resource, or one this key did not create.",
-    "409": "The resource is in a state that does not allow this (an ended job, a dataset in use).",
+    "409": "The resource is in a state that does not allow this (an ended job, a dataset in use, "
+    "a job with no result yet).",
     "413": "The body is larger than this service accepts (the detail names the setting).",
     "422": "The request is well-formed but invalid: `errors` lists each bad field and what is accepted.",
     "429": "A per-key limit is reached; see the Retry-After header.",
@@ -43,6 +44,8 @@ def errors_of(path: str, method: str, operation: dict[str, Any]) -> list[str]:
     if method == "get" and any(p.get("name") == "page_token" for p in operation.get("parameters", [])):
         codes.append("400")
     if method == "post" and path.endswith(":cancel") or method == "delete":
+        codes.append("409")
+    if path.endswith("/plots/{plot}"):  # no result yet
         codes.append("409")
     if method == "post" and path in ("/v1/jobs", "/v1/datasets"):
         codes += ["409", "429"] if path == "/v1/datasets" else ["429"]

@@ -89,7 +89,7 @@ def test_worker_protocol_round_trip(client):
     lease = client.post("/v1/worker/claim", json={"worker_id": "w", "wait_seconds": 0}, headers=AUTH).json()
     assert lease["job_id"] == job_id and lease["spec"]["loss"] == "cross_entropy"
     token = lease["lease_token"]
-    progress = {"phase": "lr_range", "step": 10, "total": 100, "fraction": 0.1}
+    progress = {"phase": "lr_range", "step": 10, "total": 100, "fraction": 0.1, "lr": 0.003, "loss": 2.5}
     r = client.post(
         f"/v1/worker/jobs/{job_id}:heartbeat", json={"lease_token": token, "progress": progress}, headers=AUTH
     )

@@ -10,7 +10,7 @@ from tests.conftest import MINIMAL_SPEC
 
 OPERATIONS = {
     "submit_job", "get_job", "list_jobs", "cancel_job", "delete_job", "upload_dataset", "list_datasets",
-    "get_dataset", "delete_dataset", "list_workers", "healthz", "readyz", "follow_job",
+    "get_dataset", "delete_dataset", "list_workers", "healthz", "readyz", "follow_job", "get_job_plot",
 }  # fmt: skip
 
 

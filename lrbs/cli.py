@@ -69,8 +69,21 @@ def serve(host: str, port: int, n_workers: int) -> None:
     workers = EmbeddedWorkers(url, settings.worker_token, n_workers)
 
     class Server(uvicorn.Server):
+        """On SIGTERM/SIGINT: stop handing out jobs, let the embedded workers hand theirs back while the API
+        still answers them, then stop serving. A second signal stops at once."""
+
         def handle_exit(self, sig, frame) -> None:
-            app.state.draining = True
+            if app.state.draining or not workers.children:
+                app.state.draining = True
+                super().handle_exit(sig, frame)
+                return
+            app.state.draining = True  # claims answer 204 from now on
+            log.info("signal %d: the embedded workers hand back their jobs, then the service stops", sig)
+            # Off the event loop: the workers' hand-back requests need it while we wait for them.
+            threading.Thread(target=self.stop_after_workers, args=(sig, frame), daemon=True).start()
+
+        def stop_after_workers(self, sig, frame) -> None:
+            workers.stop()
             super().handle_exit(sig, frame)
 
     try:

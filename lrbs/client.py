@@ -104,6 +104,10 @@ class Client:
                 return
             token = page.next_page_token
 
+    def plot(self, job: Job | str, plot: str = "lr_range", fmt: str = "png") -> bytes:
+        """A finished job's plot: `lr_range` or `batch_size`, as `png` or `svg` bytes (rendered by the service)."""
+        return self._request("GET", f"/v1/jobs/{_id(job)}/plots/{plot}.{fmt}").content
+
     def cancel(self, job: Job | str) -> Job:
         return Job.model_validate(self._call("POST", f"/v1/jobs/{_id(job)}:cancel"))
 
@@ -177,6 +181,10 @@ class Client:
     # ---------------------------------------------------------------------------------------- plumbing
 
     def _call(self, method: str, path: str, retry: bool = True, **kwargs: Any) -> Any:
+        r = self._request(method, path, retry, **kwargs)
+        return r.json() if r.content else None
+
+    def _request(self, method: str, path: str, retry: bool = True, **kwargs: Any) -> httpx.Response:
         delay = 0.5
         for attempt in range(RETRIES if retry else 1):
             try:
@@ -191,7 +199,7 @@ class Client:
             delay = min(delay * 2, 8.0)
         if r.is_error:
             raise _refusal(r)
-        return r.json() if r.content else None
+        return r
 
 
 def _refusal(r: httpx.Response) -> LrbsError:

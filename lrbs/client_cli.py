@@ -1,4 +1,4 @@
-"""The client half of the `lrbs` command: submit, status, list, cancel, result, upload (through `lrbs.Client`).
+"""The client half of the `lrbs` command: submit, status, list, cancel, result, upload, plot (through `lrbs.Client`).
 
 Human output by default, `--json` for scripts. Exit codes: 0 succeeded (or done), 1 the job failed or was
 cancelled, 2 a bad spec or usage, 3 the service is unreachable. `--url` / `--token` default to LRBS_URL and
@@ -202,4 +202,20 @@ def upload(file: Path, target_column: str | None, url: str, token: str | None, a
                    f"input {list(dataset.shape.input_shape)}, outputs {dataset.shape.num_outputs}")  # fmt: skip
 
 
-COMMANDS = (submit, status, list_jobs, cancel, result, upload)
+@click.command()
+@click.argument("job_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write it; .svg or .png picks the format. Default: JOB_ID-PLOT.png.")  # fmt: skip
+@click.option("--plot", "which", type=click.Choice(["lr_range", "batch_size"]), default="lr_range", show_default=True)
+@service_command
+def plot(job_id: str, output: Path | None, which: str, url: str, token: str | None, as_json: bool) -> None:
+    """Save a finished job's plot: the range test (loss against LR, every rule's pick) or the batch-size probes."""
+    output = output or Path(f"{job_id}-{which}.png")
+    fmt = output.suffix.lower().lstrip(".")
+    if fmt not in ("png", "svg"):
+        raise click.UsageError(f"--output must end in .png or .svg, not {output.name!r}")
+    output.write_bytes(Client(url, token).plot(job_id, which, fmt))
+    click.echo(json.dumps({"path": str(output)}) if as_json else f"wrote {output}")
+
+
+COMMANDS = (submit, status, list_jobs, cancel, result, upload, plot)

@@ -121,6 +121,30 @@ def test_sigterm_hands_the_running_job_back(tmp_path):
     assert "shut down" in job["error"]["message"]
 
 
+def test_sigterm_to_lrbs_serve_hands_back_the_embedded_workers_job_and_leaves_no_orphan(tmp_path):
+    """The service stops handing out jobs, its embedded worker hands its running job back while the API still
+    answers it, and only then does the service exit: the job is queued for the next worker, not left running."""
+    url = sqlite_url(tmp_path)
+    with service(url, tmp_path) as http:
+        job_id = http.post("/v1/jobs", json=SLOW_JOB).json()["id"]
+        wait_for_progress(http, job_id)
+        embedded = [pid for pid, command in children_of(http.pid) if "lrbs.worker" in command]
+        assert embedded
+        os.kill(http.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 40
+        while Path(f"/proc/{http.pid}").exists() and time.monotonic() < deadline:
+            if Path(f"/proc/{http.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break  # exited; the test harness reaps it
+            time.sleep(0.1)
+        assert time.monotonic() < deadline, "lrbs serve did not exit after SIGTERM"
+    for pid in embedded:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
+    with service(url, tmp_path, workers=0) as http:
+        job = http.get(f"/v1/jobs/{job_id}").json()
+    assert job["state"] == "queued" and job["attempts"] == 1, job
+    assert "shut down" in job["error"]["message"]
+
+
 def test_a_job_past_the_run_time_limit_fails_with_the_setting_named(tmp_path):
     with service(sqlite_url(tmp_path), tmp_path, max_run_seconds="1") as http:
         job = wait_for(http, http.post("/v1/jobs", json=SLOW_JOB).json()["id"])
@@ -338,6 +362,10 @@ def test_the_cli_submits_waits_and_reports_with_exit_codes(tmp_path):
         job_id = done.stdout.split()[1].rstrip(":")
         as_json = cli("result", job_id, "--json", url=url)
         assert as_json.returncode == 0 and '"recommendation"' in as_json.stdout
+        picture = tmp_path / "curve.png"
+        assert cli("plot", job_id, "-o", str(picture), url=url).returncode == 0
+        assert picture.read_bytes().startswith(b"\x89PNG")
+        assert cli("plot", job_id, "-o", str(tmp_path / "curve.pdf"), url=url).returncode == 2  # .png or .svg only
         listed = cli("list", "--json", url=url)
         assert job_id in listed.stdout
         refused = cli("submit", str(bad), url=url)

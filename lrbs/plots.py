@@ -160,6 +160,15 @@ def batch_size(fig: Figure, result: Result) -> None:
         a, b = advice.memory_fit_mb
         xs = np.geomspace(min(sizes), right, 50)
         memory.plot(xs, a + b * xs, "--", color="0.4", lw=1, label=f"fit: {a:.3g} + {b:.3g}·B MiB")
+    budget = advice.memory_budget_mb
+    if budget is not None:
+        peaks = [c.peak_memory_mb for c in advice.candidates if c.peak_memory_mb is not None]
+        if peaks and budget > 4 * max(peaks):  # a line far above the probes would flatten them: name it only
+            memory.plot([], [], " ", label=f"budget: {budget:.4g} MiB (off the scale)")
+        else:
+            memory.axhline(budget, color="C1", lw=1.2, label=f"budget: {budget:.4g} MiB")
+            memory.axhline(budget * (1 - advice.headroom), color="C1", lw=0.8, ls=":",
+                           label=f"budget less {advice.headroom:.0%} headroom")  # fmt: skip
     if advice.largest_fitting is not None:
         how = "verified" if advice.largest_fitting_verified else "predicted"
         label = f"largest that fits ({advice.headroom:.0%} headroom): {advice.largest_fitting}, {how}"

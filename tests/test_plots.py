@@ -24,6 +24,7 @@ SPEC = {
     "train_steps": 40,
     "batch_sizes": [16, 32, 64],
     "lr_scaling": "linear",  # no range test per batch size: faster
+    "memory_budget_gb": 0.5,
 }
 LR_ONLY = {k: v for k, v in SPEC.items() if k not in ("batch_sizes", "lr_scaling")}
 
@@ -70,6 +71,7 @@ def test_the_batch_size_plot_shows_each_panel_and_the_chosen_batch(result):
     text = svg_text(plots.render(result, "batch_size", "svg"))
     for label in ("samples / s", "peak memory (MiB)", "time to target", f"chosen: {advice.batch_size}"):
         assert label in text
+    assert advice.memory_budget_mb == 512 and "budget: 512 MiB" in text
     if advice.largest_fitting is not None:
         assert f"largest that fits (10% headroom): {advice.largest_fitting}" in text
     if advice.noise_scale is not None and advice.noise_scale.b_noise is not None:

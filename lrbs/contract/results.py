@@ -106,6 +106,9 @@ class BatchSizeAdvice(Model):
     )
     largest_fitting_verified: bool = False
     memory_fit_mb: tuple[float, float] | None = Field(None, description="(a, b) of memory ≈ a + b·B, in MiB.")
+    memory_budget_mb: float | None = Field(
+        None, description="The memory a step may use: the GPU's on CUDA, else memory_budget_gb (null: unbounded)."
+    )
     headroom: float = Field(description="Share of the memory budget kept free.")
     grad_accumulation_steps: int | None = Field(None, description="To reach target_effective_batch.")
     noise_scale: NoiseScaleOut | None = None

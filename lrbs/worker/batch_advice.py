@@ -88,6 +88,7 @@ def advise_batch_size(job: JobContext, base_lr: float | None, headroom: float = 
         batch_size=chosen, lr=lrs.get(chosen), lr_scaling=scaling, largest_fitting=largest,
         largest_fitting_verified=verified,
         memory_fit_mb=(fit[0] / MB, fit[1] / MB) if fit else None, headroom=headroom,
+        memory_budget_mb=budget / MB if budget else None,
         grad_accumulation_steps=steps_to_target, noise_scale=noise, generalization_epochs=epochs,
         candidates=candidates,
         reason=explain(soonest, chosen, b_noise, fitting, largest, steps_to_target, spec, weighed),

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import lrbs
-from lrbs.service import db, openapi, queue, retention
+from lrbs.service import dashboard, db, openapi, queue, retention
 from lrbs.service.api import datasets, events, health, jobs, plots, worker_protocol, workers
 from lrbs.service.body_limits import BodyLimitMiddleware
 from lrbs.service.errors import install_handlers
@@ -111,4 +111,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (jobs, events, plots, datasets, workers, worker_protocol, health):
         app.include_router(module.router)
     openapi.install(app)
+    dashboard.install(app)
     return app

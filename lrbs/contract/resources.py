@@ -53,7 +53,9 @@ class Progress(Model):
     loss: float | None = Field(None, description="lr_range: the latest smoothed loss.")
 
 
-ErrorKind = Literal["invalid_job", "internal", "timeout", "shutdown", "lease_expired", "out_of_memory", "killed"]
+ErrorKind = Literal[
+    "invalid_job", "internal", "timeout", "shutdown", "lease_expired", "out_of_memory", "killed", "unschedulable"
+]
 
 
 class JobErrorDetail(Model):
@@ -65,7 +67,8 @@ class JobErrorDetail(Model):
         description="invalid_job: the job asks for something that cannot run (fix the spec); internal: an "
         "unexpected error in lrbs (the worker's log has the details under the job id); timeout: past "
         "LRBS_MAX_RUN_SECONDS; shutdown: the worker stopped (retried); lease_expired: the worker stopped "
-        "reporting (retried); out_of_memory / killed: the job exceeded its memory ceiling or was stopped hard.",
+        "reporting (retried); out_of_memory / killed: the job exceeded its memory ceiling or was stopped hard; "
+        "unschedulable: no online worker could run it for LRBS_UNSCHEDULABLE_SECONDS.",
     )
     attempt: int
 
@@ -81,6 +84,11 @@ class Job(Model):
     attempts: int = Field(description="How many times a worker has claimed this job.")
     worker_id: str | None = Field(None, description="The worker that ran (or runs) the latest attempt.")
     cancel_requested: bool = False
+    waiting_for: str | None = Field(
+        None,
+        description='A queued job no online worker can run: what it needs and who is online (e.g. "a worker '
+        'with CUDA; online: 2 CPU workers"). It fails after LRBS_UNSCHEDULABLE_SECONDS.',
+    )
     spec: JobSpec
     result: Result | None = None
     error: JobErrorDetail | None = None

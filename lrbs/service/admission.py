@@ -47,9 +47,11 @@ def memory_bytes(spec: JobSpec, shape: DataShape, params: int, data: int) -> int
 
 
 def check(spec: JobSpec, shape: DataShape, n_samples: int | None, settings: Settings, largest_worker_gb: float | None,
-          data: int | None = None) -> None:  # fmt: skip
-    """Raise a 422 naming each limit this job is estimated to pass."""
+          data: int | None = None) -> int | None:  # fmt: skip
+    """Raise a 422 naming each limit this job is estimated to pass; else the bytes a training step is estimated
+    to need (None where it cannot be sized before it runs: plugin models)."""
     errors: list[dict[str, str]] = []
+    need = None
     if data is None and n_samples is not None:
         data = data_bytes(shape, n_samples)
     if data is not None and data > settings.max_data_gb * GB:
@@ -83,3 +85,4 @@ def check(spec: JobSpec, shape: DataShape, n_samples: int | None, settings: Sett
                 })  # fmt: skip
     if errors:
         raise Unprocessable("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
+    return need

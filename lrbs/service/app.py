@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import lrbs
-from lrbs.service import dashboard, db, openapi, queue, retention
+from lrbs.service import dashboard, db, openapi, queue, retention, worker_registry
 from lrbs.service.api import datasets, events, health, jobs, plots, worker_protocol, workers
 from lrbs.service.body_limits import BodyLimitMiddleware
 from lrbs.service.errors import install_handlers
@@ -54,7 +54,11 @@ async def reap_forever(app: FastAPI) -> None:
 
     def reap_once() -> int:
         with db.transaction(app.state.sessions) as session:
-            return queue.reap(session) + queue.release_unstarted(session, settings.claim_grace_seconds)
+            requeued = queue.reap(session) + queue.release_unstarted(session, settings.claim_grace_seconds)
+            if waiting := queue.queued_before(session, settings.unschedulable_seconds):
+                workers = worker_registry.list_workers(session, settings)
+                queue.fail_unschedulable(session, waiting, workers, settings)
+            return requeued
 
     def purge_once() -> None:
         with db.transaction(app.state.sessions) as session:

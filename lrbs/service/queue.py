@@ -18,14 +18,16 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from lrbs.contract.job_spec import JobSpec
-from lrbs.contract.resources import TERMINAL_STATES, JobErrorDetail, JobState, Progress
+from lrbs.contract.resources import TERMINAL_STATES, JobErrorDetail, JobState, Progress, WorkerInfo, WorkerOut
 from lrbs.contract.results import Result
+from lrbs.service import scheduling
 from lrbs.service.api_keys import OPEN, Caller
 from lrbs.service.db import epoch_now, rowcount
 from lrbs.service.errors import RETRY_AFTER_SECONDS, Conflict, LeaseLost, NotFound, TooManyRequests
 from lrbs.service.pagination import newest_first
+from lrbs.service.scheduling import Requirements
 from lrbs.service.settings import Settings
-from lrbs.service.tables import JobLabelRow, JobRow
+from lrbs.service.tables import JobLabelRow, JobRow, WorkerRow
 
 
 def utcnow() -> datetime:
@@ -46,7 +48,12 @@ def progress(phase: str, step: int = 0, total: int = 0) -> dict:
 
 
 def submit(
-    session: Session, spec: JobSpec, settings: Settings, dataset_id: str | None = None, owner_key_id: str | None = None
+    session: Session,
+    spec: JobSpec,
+    settings: Settings,
+    dataset_id: str | None = None,
+    owner_key_id: str | None = None,
+    requirements: Requirements | None = None,
 ) -> JobRow:
     if owner_key_id is not None:
         active = session.scalar(
@@ -73,6 +80,7 @@ def submit(
         cancel_requested=False,
         dataset_id=dataset_id,
         owner_key_id=owner_key_id,
+        requirements=(requirements or scheduling.requirements(spec)).model_dump(),
     )
     session.add(job)
     session.flush()
@@ -152,38 +160,48 @@ def list_jobs(
 # ------------------------------------------------------------------------------------- worker actions
 
 
-def claim(session: Session, worker_id: str, settings: Settings) -> JobRow | None:
-    """Take the oldest queued job in one statement: exactly one claimer wins each job.
+CLAIM_SCAN = 100  # queued jobs a claim looks through for one its worker can run
 
-    PostgreSQL skips rows another transaction has locked (FOR UPDATE SKIP LOCKED); SQLite ignores the
-    lock clause and serialises writers instead (BEGIN IMMEDIATE, see db.py).
+
+def claim(session: Session, worker_id: str, settings: Settings) -> JobRow | None:
+    """Take the oldest queued job this worker can run, by the capabilities it registered.
+
+    The candidates are read without locks; each is then taken by an update that only a still-queued row
+    matches, so exactly one claimer wins it and a loser moves on to the next (on PostgreSQL the loser waits
+    for the winner's commit, then sees the row is no longer queued; SQLite serialises writers, see db.py).
     """
+    worker = session.get(WorkerRow, worker_id)
+    info = WorkerInfo.model_validate(worker.info) if worker is not None and worker.info else None
     oldest = (
-        select(JobRow.id)
+        select(JobRow.id, JobRow.requirements)
         .where(JobRow.state == JobState.queued)
         .order_by(JobRow.created_at, JobRow.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
+        .limit(CLAIM_SCAN)
     )
-    now = utcnow()
-    return session.scalars(
-        update(JobRow)
-        .where(JobRow.id == oldest, JobRow.state == JobState.queued)
-        .values(
-            state=JobState.running,
-            lease_token=secrets.token_urlsafe(24),
-            lease_expires_at=epoch_now() + settings.lease_seconds,
-            attempts=JobRow.attempts + 1,
-            heartbeats=0,
-            worker_id=worker_id,
-            started_at=now,
-            updated_at=now,
-            progress=progress("setup"),
-        )
-        .returning(JobRow)
-        .execution_options(synchronize_session=False)
-    ).first()
+    for job_id, need in session.execute(oldest).all():
+        if need is not None and scheduling.missing(scheduling.Requirements.model_validate(need), info):
+            continue
+        now = utcnow()
+        taken = session.scalars(
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.state == JobState.queued)
+            .values(
+                state=JobState.running,
+                lease_token=secrets.token_urlsafe(24),
+                lease_expires_at=epoch_now() + settings.lease_seconds,
+                attempts=JobRow.attempts + 1,
+                heartbeats=0,
+                worker_id=worker_id,
+                started_at=now,
+                updated_at=now,
+                progress=progress("setup"),
+            )
+            .returning(JobRow)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if taken is not None:
+            return taken
+    return None
 
 
 def _running(job_id: str, lease_token: str):
@@ -324,6 +342,33 @@ def reap(session: Session) -> int:
             kind="lease_expired",
         )
     return len(expired)
+
+
+def queued_before(session: Session, seconds: float) -> list[JobRow]:
+    """Jobs queued longer than `seconds` (at most 100 at a time)."""
+    cutoff = utcnow() - timedelta(seconds=seconds)
+    query = select(JobRow).where(JobRow.state == JobState.queued, JobRow.created_at < cutoff)
+    return list(session.scalars(query.order_by(JobRow.created_at).limit(100).with_for_update(skip_locked=True)))
+
+
+def fail_unschedulable(session: Session, jobs: list[JobRow], workers: list[WorkerOut], settings: Settings) -> int:
+    """Fail the queued jobs among `jobs` that no online worker can run, saying what they needed."""
+    failed = 0
+    for job in jobs:
+        need = scheduling.Requirements.model_validate(job.requirements) if job.requirements else None
+        reason = scheduling.waiting_for(need, workers)
+        if reason is None or job.state != JobState.queued:
+            continue
+        now = utcnow()
+        job.state, job.finished_at, job.updated_at = JobState.failed, now, now
+        message = f"no online worker could run this job for {settings.unschedulable_seconds:g} s (setting "
+        job.error = JobErrorDetail(
+            message=f"{message}LRBS_UNSCHEDULABLE_SECONDS): it needs {reason}",
+            kind="unschedulable",
+            attempt=job.attempts,
+        ).model_dump()
+        failed += 1
+    return failed
 
 
 def _end_attempt(job: JobRow, message: str, retryable: bool, kind: str) -> None:

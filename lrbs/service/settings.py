@@ -38,6 +38,9 @@ class Settings(BaseSettings):
         "without using an attempt (the worker went away before it started).",
     )
     max_run_seconds: float = Field(3600.0, gt=0, description="Wall time one attempt may run before it fails.")
+    unschedulable_seconds: float = Field(
+        3600.0, gt=0, description="A queued job that no online worker can run fails after this long, saying why."
+    )
     events_poll_seconds: float = Field(
         0.5, gt=0, description="How often a job's event stream looks for a change (one primary-key read)."
     )

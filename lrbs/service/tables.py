@@ -57,6 +57,8 @@ class JobRow(Base):
     lease_token: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[float | None] = mapped_column(Float)  # Unix seconds, database clock
     worker_id: Mapped[str | None] = mapped_column(String(200))
+    # What a worker needs to run it (lrbs.service.scheduling.Requirements); null: any worker.
+    requirements: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Set for jobs on an uploaded dataset, so a dataset in use cannot be deleted.
     dataset_id: Mapped[str | None] = mapped_column(String(80), ForeignKey("datasets.id", ondelete="SET NULL"))
     owner_key_id: Mapped[str | None] = mapped_column(String(40))  # the API key that submitted it (None: no keys)

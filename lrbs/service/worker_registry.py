@@ -26,11 +26,11 @@ def seen(session: Session, worker_id: str, info: WorkerInfo | None = None) -> No
     session.flush()
 
 
-def largest_memory_gb(session: Session, settings: Settings) -> float | None:
+def largest_memory_gb(workers: list[WorkerOut]) -> float | None:
     """The most memory one job can have on any online worker (its largest device), None if none reported."""
     sizes = [
         device.memory_gb
-        for worker in list_workers(session, settings)
+        for worker in workers
         if worker.online and worker.info is not None
         for device in worker.info.devices
         if device.memory_gb

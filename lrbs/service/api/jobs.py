@@ -8,8 +8,8 @@ from starlette.concurrency import run_in_threadpool
 
 from lrbs.contract.builtins import BuiltinDatasetSpec
 from lrbs.contract.job_spec import JobSpec, UploadedDataset
-from lrbs.contract.resources import Job, JobPage, JobState
-from lrbs.service import admission, dataset_store, idempotency, queue, worker_registry
+from lrbs.contract.resources import Job, JobPage, JobState, WorkerOut
+from lrbs.service import admission, dataset_store, idempotency, queue, scheduling, worker_registry
 from lrbs.service.api.deps import CallerDep, SessionsDep, SettingsDep
 from lrbs.service.db import transaction
 from lrbs.service.errors import Unprocessable
@@ -52,8 +52,13 @@ SUBMIT_EXAMPLES: dict[str, Any] = {
 }
 
 
-def to_resource(job: JobRow) -> Job:
-    return Job.model_validate(job, from_attributes=True)
+def to_resource(job: JobRow, workers: list[WorkerOut] | None = None) -> Job:
+    """The API's view of a job; given the workers, a queued job says what it waits for if none can run it."""
+    resource = Job.model_validate(job, from_attributes=True)
+    if workers is not None and job.state == JobState.queued:
+        need = scheduling.Requirements.model_validate(job.requirements) if job.requirements else None
+        resource.waiting_for = scheduling.waiting_for(need, workers)
+    return resource
 
 
 @router.post(
@@ -86,8 +91,9 @@ async def submit_job(
         with transaction(sessions) as session:
             if idempotency_key and (earlier := idempotency.replay(session, caller, idempotency_key, digest)):
                 return to_resource(earlier)
-            dataset_id = None
-            largest = worker_registry.largest_memory_gb(session, settings)
+            dataset_id, need = None, None
+            workers = worker_registry.list_workers(session, settings)
+            largest = worker_registry.largest_memory_gb(workers)
             if isinstance(spec.dataset, UploadedDataset):  # its shape is known only from the stored upload
                 row, shape = dataset_store.shape_for_job(session, spec.dataset, caller)
                 try:
@@ -95,13 +101,16 @@ async def submit_job(
                 except ValueError as exc:
                     raise Unprocessable(str(exc), errors=[{"field": "model", "message": str(exc)}]) from None
                 dataset_id = row.id
-                admission.check(spec, shape, None, settings, largest, data=dataset_store.memory_bytes(row))
+                need = admission.check(spec, shape, None, settings, largest, data=dataset_store.memory_bytes(row))
             elif isinstance(spec.dataset, BuiltinDatasetSpec):
-                admission.check(spec, spec.dataset.shape(), spec.dataset.n_samples(), settings, largest)
-            job = queue.submit(session, spec, settings, dataset_id=dataset_id, owner_key_id=caller.key_id)
+                need = admission.check(spec, spec.dataset.shape(), spec.dataset.n_samples(), settings, largest)
+            job = queue.submit(
+                session, spec, settings, dataset_id=dataset_id, owner_key_id=caller.key_id,
+                requirements=scheduling.requirements(spec, need),
+            )  # fmt: skip
             if idempotency_key:
                 idempotency.remember(session, caller, idempotency_key, digest, job.id)
-            return to_resource(job)
+            return to_resource(job, workers)
 
     try:
         job = await run_in_threadpool(write)
@@ -113,9 +122,12 @@ async def submit_job(
 
 
 @router.get("/{job_id}", response_model=Job, summary="Get a job")
-def get_job(job_id: str, sessions: SessionsDep, caller: CallerDep) -> Job:
+def get_job(job_id: str, sessions: SessionsDep, settings: SettingsDep, caller: CallerDep) -> Job:
     with transaction(sessions) as session:
-        return to_resource(queue.get(session, job_id, caller))
+        job = queue.get(session, job_id, caller)
+        return to_resource(
+            job, worker_registry.list_workers(session, settings) if job.state == JobState.queued else None
+        )
 
 
 @router.get("", response_model=JobPage, summary="List jobs, newest first")
@@ -143,7 +155,10 @@ def list_jobs(
     page_size = min(page_size, settings.max_page_size)
     with transaction(sessions) as session:
         jobs, token = queue.list_jobs(session, state, page_size, page_token, caller, labels)
-        resources = [to_resource(j) for j in jobs]
+        workers = (
+            worker_registry.list_workers(session, settings) if any(j.state == JobState.queued for j in jobs) else None
+        )
+        resources = [to_resource(j, workers) for j in jobs]
     if view == "summary":
         for job in resources:
             if job.result is not None:

@@ -445,12 +445,6 @@ def test_dockerignore_keeps_the_venv_git_and_local_state_out_and_the_build_input
         assert not dockerignored(source), f"the Dockerfile copies {source}, which .dockerignore excludes"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lrbs/schedule_fractions.json and lrbs/contract/optimizer_keywords.json are read at import but not in "
-    "pyproject's [tool.setuptools.package-data], so the wheel the Dockerfile installs lacks them (the image build "
-    "stops at its import check). Add them there, then remove this marker.",
-)
 def test_every_data_file_of_the_package_ships_in_the_wheel():
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"].get("package-data", {})
     missing = []

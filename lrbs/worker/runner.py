@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -227,7 +228,7 @@ class Worker:
             log.warning("dataset %s: the cached copy does not match its sha256; fetching it again", dataset_id)
             cached.unlink(missing_ok=True)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(f".{os.getpid()}.part")
+        partial = cached.with_suffix(f".{secrets.token_hex(8)}.part")  # unique even across containers (same pids)
         digest = hashlib.sha256()
         with self.http.stream("GET", f"/v1/worker/datasets/{dataset_id}") as r:
             if r.status_code == 404:

@@ -162,3 +162,18 @@ def test_generalization_check_trains_every_candidate_for_the_same_epochs():
     assert advice.generalization_epochs >= 1
     assert all(c.val_loss is not None and c.val_loss > 0 for c in advice.candidates)
     assert "equal-epoch check" in advice.reason
+
+
+def test_the_memory_budget_also_bounds_a_gpu(monkeypatch):
+    """memory_budget_gb plans for a smaller card than the one probing: on CUDA the budget is the smaller of the
+    two. (The device's size is stubbed here: this machine has no GPU.)"""
+    from types import SimpleNamespace
+
+    from lrbs.worker.probes import batch_size as bs
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _d: SimpleNamespace(total_memory=80 * 2**30))
+    gpu = torch.device("cuda:0")
+    assert bs.memory_budget(gpu, 24) == 24 * 2**30
+    assert bs.memory_budget(gpu, None) == 80 * 2**30
+    assert bs.memory_budget(gpu, 200) == 80 * 2**30
+    assert bs.memory_budget(torch.device("cpu"), 2) == 2 * 2**30 and bs.memory_budget(torch.device("cpu"), None) is None

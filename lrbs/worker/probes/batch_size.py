@@ -121,10 +121,13 @@ def largest_fitting(fit: tuple[float, float] | None, budget_bytes: float | None,
 
 
 def memory_budget(device: torch.device, budget_gb: float | None) -> float | None:
-    """Bytes a step may use: the GPU's memory on CUDA, else the job's memory_budget_gb (None: unbounded)."""
+    """Bytes a step may use: the job's memory_budget_gb, on CUDA at most the GPU's memory (so a batch can be
+    planned for a smaller card than the one probing); with no budget, the GPU's memory, or unbounded on the CPU."""
+    asked = budget_gb * 2**30 if budget_gb else None
     if device.type == "cuda":
-        return float(torch.cuda.get_device_properties(device).total_memory)
-    return budget_gb * 2**30 if budget_gb else None
+        total = float(torch.cuda.get_device_properties(device).total_memory)
+        return min(total, asked) if asked else total
+    return asked
 
 
 # ------------------------------------------------------------------------------------------- measuring

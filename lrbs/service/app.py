@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import lrbs
-from lrbs.service import dashboard, db, openapi, queue, retention, worker_registry
+from lrbs.service import dashboard, db, docs, openapi, queue, retention, worker_registry
 from lrbs.service.api import datasets, events, health, jobs, plots, worker_protocol, workers
 from lrbs.service.body_limits import BodyLimitMiddleware
 from lrbs.service.errors import install_handlers
@@ -104,6 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="POST a job spec to `/v1/jobs`; a worker runs an LR range test with PyTorch; "
         "`GET /v1/jobs/{id}` returns the curve, every rule's suggestion and the recommended settings.",
         lifespan=lifespan,
+        docs_url=None,  # docs.install serves /docs and /redoc with local assets instead of a CDN's
+        redoc_url=None,
         generate_unique_id_function=lambda route: route.name,  # operationIds: submit_job, get_job, ...
     )
     app.state.settings = settings
@@ -115,5 +117,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (jobs, events, plots, datasets, workers, worker_protocol, health):
         app.include_router(module.router)
     openapi.install(app)
+    docs.install(app)
     dashboard.install(app)
     return app

@@ -11,8 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import WORKER_TOKEN
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: test tools cannot download their own browser here
 
 
 def free_port() -> int:
@@ -101,3 +104,45 @@ def wait_for_progress(http: httpx.Client, job_id: str) -> None:
 
 def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path}/lrbs.db"
+
+
+@contextmanager
+def chromium():
+    """Headless Chromium driven by Playwright, or a skip when either is missing (a failure when
+    LRBS_TEST_REQUIRE_BROWSER=1, as .ci/run sets)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        missing = f"playwright is not installed ({exc}; pip install -e '.[test]')"
+    else:
+        missing = None if CHROMIUM.exists() else f"{CHROMIUM} is missing (Debian: apt-get install chromium)"
+    if missing:
+        if os.environ.get("LRBS_TEST_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{missing}, and LRBS_TEST_REQUIRE_BROWSER=1")
+        pytest.skip(f"no browser test: {missing}")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-background-networking"]
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def only_loopback(target) -> list[str]:
+    """Abort every request `target` (a Playwright page or context) makes to a host other than 127.0.0.1; the
+    returned list collects their URLs, so a test can assert that nothing needed the internet."""
+    from urllib.parse import urlsplit
+
+    outside: list[str] = []
+
+    def route(request_route) -> None:
+        if urlsplit(request_route.request.url).hostname == "127.0.0.1":
+            request_route.continue_()
+        else:
+            outside.append(request_route.request.url)
+            request_route.abort()
+
+    target.route("**/*", route)
+    return outside

@@ -18,10 +18,9 @@ import pytest
 
 from lrbs.service import api_keys, db
 from tests.conftest import MINIMAL_SPEC
-from tests.live import service, sqlite_url
+from tests.live import chromium, only_loopback, service, sqlite_url
 
 pytestmark = pytest.mark.slow
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(os.environ.get("LRBS_SCREENSHOT_DIR", "/tmp/lrbs-screenshots"))
 # Fast: one quick sweep, and two batch sizes so the batch plot and advice show.
 SPEC = {
@@ -41,25 +40,8 @@ def js_exponential(x: float, digits: int = 2) -> str:
 
 @pytest.fixture
 def browser():
-    missing = None
-    if not Path(CHROMIUM).exists():
-        missing = f"{CHROMIUM} is missing (Debian: apt-get install chromium)"
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing = "playwright is not installed (pip install -e '.[test]')"
-    if missing:
-        if os.environ.get("LRBS_TEST_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"{missing}, and LRBS_TEST_REQUIRE_BROWSER=1")
-        pytest.skip(missing)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-background-networking"]
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 def with_key(tmp_path) -> tuple[str, str]:
@@ -79,16 +61,9 @@ def test_submit_follow_and_read_a_job_in_the_dashboard(browser, tmp_path):
 
     url, key = with_key(tmp_path)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
-    outside, page_errors, answered = [], [], []
-
-    def only_local(route):
-        if urlsplit(route.request.url).hostname == "127.0.0.1":
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
-
-    context.route("**/*", only_local)
+    page_errors: list[str] = []
+    answered: list[tuple[str, int]] = []
+    outside = only_loopback(context)
     context.on("response", lambda response: answered.append((urlsplit(response.url).path, response.status)))
     context.on("page", lambda tab: tab.on("pageerror", lambda error: page_errors.append(str(error))))
     page = context.new_page()

@@ -4,7 +4,6 @@ unless LRBS_TEST_REQUIRE_BROWSER=1)."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -12,8 +11,6 @@ import pytest
 
 from tests import live
 
-CHROMIUM = Path("/usr/bin/chromium")
-REQUIRE_BROWSER = os.environ.get("LRBS_TEST_REQUIRE_BROWSER") == "1"
 REFERENCES = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']|url\(\s*["']?([^"')]+)""")
 CONTENT_TYPES = {".js": "javascript", ".css": "text/css", ".png": "image/png"}
 
@@ -43,53 +40,22 @@ def test_the_oauth2_redirect_page_and_the_schema_stay_apart(client):
     assert not [p for p in paths if p.startswith(("/docs", "/redoc", "/static"))]
 
 
-def browser():
-    """Playwright's sync API and the system Chromium, or a skip (a failure when a browser is required)."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        missing = f"playwright is not installed ({exc})"
-    else:
-        if CHROMIUM.exists():
-            return sync_playwright
-        missing = f"{CHROMIUM} is missing"
-    if REQUIRE_BROWSER:
-        pytest.fail(f"LRBS_TEST_REQUIRE_BROWSER=1 but {missing}")
-    pytest.skip(f"no browser test: {missing} (apt-get install chromium)")
-
-
 @pytest.mark.slow
 def test_a_browser_that_reaches_only_this_service_renders_both_pages(tmp_path):
-    sync_playwright = browser()
-    with live.service(live.sqlite_url(tmp_path), tmp_path, workers=0) as http, sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-background-networking"]
-        )
+    with live.chromium() as chromium, live.service(live.sqlite_url(tmp_path), tmp_path, workers=0) as http:
         base = f"http://127.0.0.1:{http.port}"
-        try:
-            page = chromium.new_page()
-            outside: list[str] = []
-            errors: list[str] = []
+        page = chromium.new_page()
+        errors: list[str] = []
+        outside = live.only_loopback(page)
+        page.on("pageerror", lambda error: errors.append(str(error)))
 
-            def only_local(route):
-                if route.request.url.startswith(base + "/"):
-                    route.continue_()
-                else:
-                    outside.append(route.request.url)
-                    route.abort()
+        page.goto(f"{base}/docs")
+        submit = page.locator("#operations-jobs-submit_job")  # Swagger UI: operations-{tag}-{operationId}
+        submit.wait_for(timeout=30_000)
+        assert "Submit a job" in submit.inner_text()
 
-            page.route("**/*", only_local)
-            page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{base}/redoc")
+        page.locator("h1", has_text="lrbs").wait_for(timeout=30_000)
+        page.locator("h2", has_text="Submit a job").wait_for(timeout=30_000)  # the operation, rendered
 
-            page.goto(f"{base}/docs")
-            submit = page.locator("#operations-jobs-submit_job")  # Swagger UI: operations-{tag}-{operationId}
-            submit.wait_for(timeout=30_000)
-            assert "Submit a job" in submit.inner_text()
-
-            page.goto(f"{base}/redoc")
-            page.locator("h1", has_text="lrbs").wait_for(timeout=30_000)
-            page.locator("h2", has_text="Submit a job").wait_for(timeout=30_000)  # the operation, rendered
-
-            assert outside == [] and errors == [], (outside, errors)
-        finally:
-            chromium.close()
+        assert outside == [] and errors == [], (outside, errors)

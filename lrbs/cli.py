@@ -15,6 +15,7 @@ import time
 import click
 
 import lrbs
+from lrbs import logs
 from lrbs.client_cli import COMMANDS as client_commands
 from lrbs.worker.__main__ import main as worker_command
 
@@ -47,8 +48,9 @@ def serve(host: str, port: int, n_workers: int) -> None:
     from lrbs.service.app import create_app
     from lrbs.service.settings import Settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings()
+    logs.configure(settings.log_format)
+    os.environ["LRBS_LOG_FORMAT"] = settings.log_format  # the embedded workers log the same way
     if settings.worker_token is None:
         settings.worker_token = secrets.token_urlsafe(32)
         if n_workers == 0:
@@ -88,7 +90,8 @@ def serve(host: str, port: int, n_workers: int) -> None:
 
     try:
         workers.start()
-        Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run()
+        # lrbs.logs formats every line; the middleware writes one line per request, with its id
+        Server(uvicorn.Config(app, host=host, port=port, log_level="info", log_config=None, access_log=False)).run()
     finally:
         workers.stop()
 

@@ -140,3 +140,6 @@ class Result(Model):
     batch_advice: BatchSizeAdvice | None = Field(None, description="Batch-size advice, when batch_sizes was given.")
     environment: Environment
     wall_time_s: float
+    phase_seconds: dict[str, float] = Field(
+        default_factory=dict, description="Wall time per phase (setup, lr_range, confirm, batch_size, ...)."
+    )

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import lrbs
-from lrbs.service import dashboard, db, docs, openapi, queue, retention, worker_registry
+from lrbs.service import dashboard, db, docs, metrics, openapi, queue, retention, worker_registry
 from lrbs.service.api import datasets, events, health, jobs, plots, worker_protocol, workers
 from lrbs.service.body_limits import BodyLimitMiddleware
 from lrbs.service.errors import install_handlers
@@ -112,9 +112,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.draining = False  # set on shutdown so long-polls end instead of holding it up
     install_handlers(app)
 
+    app.state.metrics = metrics.Metrics(app)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
+    app.add_middleware(metrics.RequestObserver, metrics=app.state.metrics)  # added last: outermost
 
-    for module in (jobs, events, plots, datasets, workers, worker_protocol, health):
+    for module in (jobs, events, plots, datasets, workers, worker_protocol, health, metrics):
         app.include_router(module.router)
     openapi.install(app)
     docs.install(app)

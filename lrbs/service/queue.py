@@ -253,20 +253,22 @@ def _finish(session: Session, job_id: str, lease_token: str, state: str, cancell
     )
 
 
-def complete(session: Session, job_id: str, lease_token: str, result: Result) -> None:
-    """Store the result. Repeating the call with the same lease is a no-op (at-least-once delivery).
+def complete(session: Session, job_id: str, lease_token: str, result: Result) -> bool:
+    """Store the result; True when this call made the job succeed. Repeating the call with the same lease is a
+    no-op (at-least-once delivery).
 
     A cancel accepted while the job ran wins: the job ends cancelled and the late result is discarded."""
     payload = result.model_dump(mode="json")
     steps = result.steps_run
     done = progress("done", steps, steps)
     if _finish(session, job_id, lease_token, JobState.succeeded, result=payload, progress=done, error=None):
-        return
+        return True
     if _finish(session, job_id, lease_token, JobState.cancelled, cancelled=True, progress=progress("cancelled")):
-        return
+        return False
     job = get(session, job_id)
     if not (job.state in (JobState.succeeded, JobState.cancelled) and job.lease_token == lease_token):
         raise _lease_lost(session, job_id)
+    return False
 
 
 def fail(

@@ -1,6 +1,7 @@
 """All service settings, read from LRBS_* environment variables (or passed in tests)."""
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -9,6 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LRBS_", extra="ignore")
 
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per line, with the request id and the job id on each."
+    )
     database_url: str = Field(
         "sqlite:///./lrbs.db",
         description="SQLAlchemy URL. postgresql://… uses psycopg 3; ?options=-csearch_path%3Dname picks a schema.",

@@ -1,6 +1,6 @@
 """`python -m lrbs.worker` (also `lrbs worker`): pull jobs from an lrbs service and run them."""
 
-import logging
+import os
 from pathlib import Path
 
 import click
@@ -51,6 +51,14 @@ import click
     help="Share of memory the batch-size advice keeps free (env LRBS_MEMORY_HEADROOM).",
 )
 @click.option(
+    "--log-format",
+    envvar="LRBS_LOG_FORMAT",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line, with the job id on each line about a job (env LRBS_LOG_FORMAT).",
+)
+@click.option(
     "--job-memory-gb",
     envvar="LRBS_JOB_MEMORY_GB",
     type=click.FloatRange(min=0.1),
@@ -67,10 +75,14 @@ def main(
     plugin_modules: str,
     cache_dir: Path | None,
     memory_headroom: float,
+    log_format: str,
     job_memory_gb: float | None,
 ) -> None:
     """Pull jobs from an lrbs service, run their probes with PyTorch, report the results."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from lrbs import logs
+
+    logs.configure(log_format)
+    os.environ["LRBS_LOG_FORMAT"] = log_format  # the job processes log the same way
     from lrbs.worker.plugins import PluginPolicy  # torch loads with the runner, not when --help is asked
     from lrbs.worker.runner import Worker
 

@@ -75,6 +75,7 @@ def advise(
             lrbs=lrbs.__version__,
         ),
         wall_time_s=time.perf_counter() - started,
+        phase_seconds=job.report.totals(),
     )
 
 

@@ -7,6 +7,7 @@ precision, gradient accumulation, clipping and memory format apply everywhere, t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,32 @@ ProgressFn = Callable[[Progress], None]
 VALIDATION_BATCH = 256
 
 
+class PhaseClock:
+    """Passes progress reports on and times each phase: from its first report to the next phase's first."""
+
+    def __init__(self, report: ProgressFn) -> None:
+        self.report = report
+        self.seconds: dict[str, float] = {}
+        self.phase: str | None = None
+        self.since = time.perf_counter()
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.phase != self.phase:
+            self._close(time.perf_counter())
+            self.phase = progress.phase
+        self.report(progress)
+
+    def _close(self, now: float) -> None:
+        if self.phase is not None:
+            self.seconds[self.phase] = self.seconds.get(self.phase, 0.0) + now - self.since
+        self.since = now
+
+    def totals(self) -> dict[str, float]:
+        """Seconds per phase so far, the current one included."""
+        self._close(time.perf_counter())
+        return dict(self.seconds)
+
+
 @dataclass
 class JobContext:
     spec: JobSpec
@@ -37,7 +64,7 @@ class JobContext:
     loss_fn: LossFn
     device: torch.device
     policy: PluginPolicy
-    report: ProgressFn
+    report: PhaseClock
     step_settings: StepSettings
 
     @classmethod
@@ -50,7 +77,7 @@ class JobContext:
         fetch_upload: Callable[[str], Path] | None = None,
     ) -> JobContext:
         """Resolve the device, check the hardware can run the spec, load the data and fit the spec to it."""
-        report = on_progress or (lambda _p: None)
+        report = PhaseClock(on_progress or (lambda _p: None))
         report(Progress(phase="setup"))
         policy = policy or PluginPolicy()
         device = factories.resolve_device(spec.device)

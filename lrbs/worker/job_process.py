@@ -59,8 +59,12 @@ class Outcome:
 
 
 def _child(spec_json: str, dataset_path: str | None, plugin_modules: list[str], memory_headroom: float,
-           conn: Connection) -> None:  # fmt: skip
+           conn: Connection, job_id: str) -> None:  # fmt: skip
     """The job process: run the job, send progress, then one final message."""
+    from lrbs import logs
+
+    logs.configure(os.environ.get("LRBS_LOG_FORMAT", "text"))  # a forkserver child inherits no logging setup
+    logs.job_id.set(job_id)
     with contextlib.suppress(OSError):
         Path("/proc/self/oom_score_adj").write_text("1000")  # under memory pressure the kernel kills us first
     _die_with_parent()
@@ -137,12 +141,20 @@ def run_job(
     memory_limit_bytes: int,
     on_progress: Callable[[dict[str, Any]], None],
     should_stop: Callable[[], str | None],
+    job_id: str = "",
 ) -> Outcome:
     """Run one job in a child process and watch it. `should_stop()` returns a reason to kill it, or None."""
     receiver, sender = _CONTEXT.Pipe(duplex=False)
     process = _CONTEXT.Process(
         target=_child,
-        args=(spec_json, str(dataset_path) if dataset_path else None, list(plugin_modules), memory_headroom, sender),
+        args=(
+            spec_json,
+            str(dataset_path) if dataset_path else None,
+            list(plugin_modules),
+            memory_headroom,
+            sender,
+            job_id,
+        ),  # fmt: skip
         daemon=True,
     )
     process.start()

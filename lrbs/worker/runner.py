@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from lrbs import logs
 from lrbs.contract.job_spec import UploadedDataset
 from lrbs.contract.resources import Progress
 from lrbs.contract.worker_messages import Lease
@@ -153,6 +154,13 @@ class Worker:
 
     def run(self, lease: Lease) -> None:
         """Run one job in a child process (job_process.py), heartbeating from the moment it is claimed."""
+        context = logs.job_id.set(lease.job_id)  # on every line logged for this job, until it is handled
+        try:
+            self._run(lease)
+        finally:
+            logs.job_id.reset(context)
+
+    def _run(self, lease: Lease) -> None:
         log.info("job %s: attempt %d", lease.job_id, lease.attempt)
         self.busy = True
         beat = Heartbeat(self, lease)
@@ -215,6 +223,7 @@ class Worker:
             memory_limit_bytes=int(self.job_memory_gb * 2**30),
             on_progress=on_progress,
             should_stop=should_stop,
+            job_id=lease.job_id,
         )
 
     def fetch_dataset(self, dataset_id: str, sha256: str | None) -> Path:
@@ -306,6 +315,7 @@ class Heartbeat(threading.Thread):
         self._halt = threading.Event()
 
     def run(self) -> None:
+        logs.job_id.set(self.lease.job_id)  # a thread starts with a fresh context
         self.beat()  # at once: setting up a big job can take a while
         while not self._halt.wait(self.interval):
             self.beat()

@@ -44,6 +44,9 @@ async def claim(body: ClaimRequest, request: Request, sessions: SessionsDep, set
                 job = queue.claim(session, body.worker_id, settings)
                 if job is None:
                     return None
+                if job.started_at is not None:
+                    wait = (job.started_at - job.created_at).total_seconds()
+                    request.app.state.metrics.queue_wait.observe(wait)
                 try:
                     spec = JobSpec.model_validate(job.spec)
                 except ValidationError as exc:  # a stored spec this release cannot read fails alone
@@ -99,9 +102,12 @@ def heartbeat(job_id: str, body: Heartbeat, sessions: SessionsDep, settings: Set
 
 
 @router.post("/jobs/{job_id}:complete", status_code=204, summary="Report the result")
-def complete(job_id: str, body: Completion, sessions: SessionsDep) -> Response:
+def complete(job_id: str, body: Completion, request: Request, sessions: SessionsDep) -> Response:
     with transaction(sessions) as session:
-        queue.complete(session, job_id, body.lease_token, body.result)
+        succeeded = queue.complete(session, job_id, body.lease_token, body.result)
+    if succeeded:
+        for phase, seconds in body.result.phase_seconds.items():
+            request.app.state.metrics.phase_time.labels(phase).observe(seconds)
     return Response(status_code=204)
 
 

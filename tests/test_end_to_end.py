@@ -267,9 +267,12 @@ def test_a_worker_gone_during_its_long_poll_is_handed_nothing(tmp_path):
 
 def test_jobs_that_exhaust_memory_or_never_finish_a_step_leave_their_worker_running(tmp_path, plugin_site):
     """A job past the memory ceiling fails at once with that reason (no retry); a job stuck inside a step is
-    cancelled within 5 s; the same worker process then runs a normal job."""
-    # 8192² × 4 B is 256 MiB a layer: weights, gradients and momentum of these layers pass a 1 GB ceiling.
-    hog = {**MINIMAL_SPEC, "model": {"name": "mlp", "params": {"hidden": [8192, 8192, 8192]}}}
+    cancelled within 5 s; the same worker process then runs a normal job. A built-in model that lrbs can size
+    as too big for the worker is not even claimed: it says what it waits for."""
+    # 8192² × 4 B is 256 MiB a layer: weights, gradients and momentum of these layers pass a 1 GB ceiling. As a
+    # plugin it cannot be sized before it runs, so the worker claims it and its memory watchdog stops it.
+    hog = {**MINIMAL_SPEC, "model": {"source": "plugin", "name": "lrbs_test_plugins.models:hog"}}
+    sized_hog = {**MINIMAL_SPEC, "model": {"name": "mlp", "params": {"hidden": [8192, 8192, 8192]}}}
     stuck = {**MINIMAL_SPEC, "model": {"source": "plugin", "name": "lrbs_test_plugins.models:stuck"}}
     env = {
         "LRBS_WORKER_TOKEN": WORKER_TOKEN,
@@ -295,6 +298,9 @@ def test_jobs_that_exhaust_memory_or_never_finish_a_step_leave_their_worker_runn
             job = wait_for(http, http.post("/v1/jobs", json=MINIMAL_SPEC).json()["id"])
             assert job["state"] == "succeeded" and job["worker_id"] == "w"
             assert worker_process.poll() is None  # the same worker process, alive throughout
+
+            refused = http.post("/v1/jobs", json=sized_hog)  # the worker has registered its 1 GB ceiling
+            assert refused.status_code == 422 and "GB" in refused.json()["detail"], refused.text
 
 
 def children_of(pid: int) -> list[tuple[int, str]]:

@@ -29,11 +29,12 @@ from lrbs.redact import without_paths
 from lrbs.worker.batch_advice import MEMORY_HEADROOM
 from lrbs.worker.capabilities import describe
 from lrbs.worker.errors import JobError
-from lrbs.worker.job_process import Outcome, default_memory_gb, run_job, warm_up
+from lrbs.worker.job_process import JobProcess, Outcome, default_memory_gb, run_job, warm_up
 from lrbs.worker.plugins import PluginPolicy
 
 log = logging.getLogger("lrbs.worker")
 
+STANDBY_READY_SECONDS = 120.0  # the longest a job process may take to prepare its device
 HEARTBEAT_SECONDS = 2.0  # also how fresh the progress a user sees is
 REPORT_PATIENCE_SECONDS = 120.0  # a finished job's report outlives a service restart this long
 
@@ -77,6 +78,7 @@ class Worker:
         )
         self.stopping = threading.Event()
         self.busy = False
+        self.standby: JobProcess | None = None  # the next job's process, its device already prepared
         self.lease_seconds = 30.0  # the service's lease length, learnt from each claim
 
     # ------------------------------------------------------------------------------------------ loop
@@ -84,6 +86,7 @@ class Worker:
     def run_forever(self, max_jobs: int | None = None) -> None:
         self._install_signal_handlers()
         warm_up()  # the job processes' forkserver imports torch now, not when the first job arrives
+        self.standby = self.next_job_process()
         log.info(
             "worker %s pulling jobs from %s (job memory ceiling %.1f GB)",
             self.worker_id,
@@ -108,7 +111,19 @@ class Worker:
                 except Exception:  # nothing a job does may take its worker down
                     log.exception("job %s: the worker could not finish handling it", lease.job_id)
                 done += 1
+        if self.standby is not None:
+            self.standby.close()
         self.http.close()
+
+    def next_job_process(self) -> JobProcess | None:
+        """The process the next job will run in, started (and its device prepared: CUDA's context and cuDNN)
+        before that job is claimed, so a job's wall time is the job's own."""
+        standby = JobProcess()
+        if standby.ready(timeout=STANDBY_READY_SECONDS):
+            return standby
+        log.warning("a job process did not get its device ready within %.0f s; jobs start cold", STANDBY_READY_SECONDS)
+        standby.close()
+        return None
 
     def _install_signal_handlers(self) -> None:
         def on_signal(signum, _frame):
@@ -159,6 +174,12 @@ class Worker:
             self._run(lease)
         finally:
             logs.job_id.reset(context)
+            if self.standby is None and not self.stopping.is_set():
+                self.standby = self.next_job_process()  # after the report, before the next claim
+
+    def take_standby(self) -> JobProcess | None:
+        standby, self.standby = self.standby, None
+        return standby
 
     def _run(self, lease: Lease) -> None:
         log.info("job %s: attempt %d", lease.job_id, lease.attempt)
@@ -224,6 +245,7 @@ class Worker:
             on_progress=on_progress,
             should_stop=should_stop,
             job_id=lease.job_id,
+            standby=self.take_standby(),
         )
 
     def fetch_dataset(self, dataset_id: str, sha256: str | None) -> Path:

@@ -30,3 +30,11 @@ class Stuck(nn.Module):
 
 def stuck(input_shape, num_classes):
     return Stuck(input_shape, num_classes)
+
+
+def hog(input_shape, num_classes, width=8192, depth=3):
+    """A plain MLP that lrbs cannot size before it runs (it is a plugin): 8192² × 4 B is 256 MiB a layer."""
+    layers = [nn.Flatten(), nn.Linear(math.prod(input_shape), width), nn.ReLU()]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(width, num_classes))

@@ -116,10 +116,33 @@ def test_batch_size_advice_end_to_end_in_process():
     assert advice.grad_accumulation_steps == -(-1000 // advice.batch_size)
     assert min(c.relative_time_to_target for c in advice.candidates) == 1.0
     assert advice.noise_scale.batch_sizes == (16, 256) and advice.noise_scale.measurements > 0
+    # A fixed effective batch fixes the steps to target: the fastest micro-batch that fits wins. None of these
+    # divides 1000, so the reason says how the remainder is handled.
+    fastest = max((c for c in advice.candidates if c.fits), key=lambda c: c.samples_per_s)
+    assert advice.batch_size == fastest.batch_size
+    assert "the choice is throughput" in advice.reason and "no fitting micro-batch divides 1000" in advice.reason
+
+
+def test_without_a_target_the_noise_scale_decides():
+    advice = advise(job(batch_sizes=[16, 64], lr_scaling="linear")).batch_advice
     if advice.noise_scale.b_noise is not None:  # the reason names what decided: the noise scale, else throughput
         assert "reaches a target loss soonest" in advice.reason and "B_noise" in advice.reason
     else:
         assert "highest throughput" in advice.reason
+
+
+def test_a_fixed_effective_batch_prefers_the_fastest_divisor_and_weighs_the_target_against_the_noise():
+    from types import SimpleNamespace
+
+    from lrbs.worker.batch_advice import _fixed_effective_batch
+
+    probes = [SimpleNamespace(batch_size=b, samples_per_s=s) for b, s in ((16, 373.0), (256, 410.0))]
+    far_above = _fixed_effective_batch(256, probes, b_noise=50.0, steps=2, target=512)
+    assert "micro-batch 256 is the fastest (410 samples/s) of those that fit and divide the target" in far_above[0]
+    assert "10× the gradient noise scale" in far_above[1]
+    below = _fixed_effective_batch(256, probes, b_noise=5000.0, steps=2, target=512)
+    assert "10× below the gradient noise scale" in below[1]
+    assert len(_fixed_effective_batch(256, probes, b_noise=600.0, steps=2, target=512)) == 1  # near: no remark
 
 
 @pytest.mark.parametrize("scaling", ["auto", "probe"])

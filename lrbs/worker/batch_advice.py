@@ -23,6 +23,7 @@ from lrbs.worker.probes.batches import forever
 MEMORY_HEADROOM = 0.10  # share of the memory budget kept free (Lightning #8028: the chosen batch OOMs later)
 NOISE_WARMUP_STEPS = 50  # B_noise is near 0 at initialisation and grows: measure after some training
 NOISE_MEASUREMENTS = 24
+TARGET_FAR_FROM_NOISE = 4.0  # a target effective batch this many times above (or below) B_noise is worth a word
 MB = 2**20
 
 
@@ -61,10 +62,17 @@ def advise_batch_size(job: JobContext, base_lr: float | None, headroom: float = 
     lrs, scaling = lrs_for(job, [p.batch_size for p in fitting], lr0)
     noise = measure_noise(job, [p.batch_size for p in fitting], lr0)
     b_noise = noise.b_noise if noise and noise.b_noise is not None else None
-    # The noise scale is about the effective batch: each optimizer step sees `accumulation` micro-batches.
-    times = {p.batch_size: time_to_target(p.batch_size * accumulation, p.samples_per_s, b_noise) for p in fitting}
+    target = spec.target_effective_batch
+    if target:
+        # A fixed effective batch fixes the steps to a target loss: micro-batches differ only in throughput.
+        times = {p.batch_size: time_to_target(target, p.samples_per_s, b_noise) for p in fitting}
+        dividing = [p for p in fitting if target % p.batch_size == 0] or fitting
+        chosen = soonest = max(dividing, key=lambda p: p.samples_per_s or 0).batch_size
+    else:
+        # The noise scale is about the effective batch: each optimizer step sees `accumulation` micro-batches.
+        times = {p.batch_size: time_to_target(p.batch_size * accumulation, p.samples_per_s, b_noise) for p in fitting}
+        chosen = soonest = min(times, key=lambda b: times[b])
     best_time = min(times.values())
-    chosen = soonest = min(times, key=lambda b: times[b])
     val_losses: dict[int, float | None] = {}
     epochs, weighed = None, None
     if spec.generalization_check:
@@ -234,6 +242,11 @@ def explain(
 ) -> str:
     fastest = max(fitting, key=lambda p: p.samples_per_s or 0)
     parts = []
+    if spec.target_effective_batch:
+        parts = _fixed_effective_batch(chosen, fitting, b_noise, accumulation or 1, spec.target_effective_batch)
+        parts += [weighed] if weighed else []
+        parts += [f"the largest batch that fits with headroom is {largest}"] if largest is not None else []
+        return "; ".join(parts)
     if b_noise is not None:
         parts.append(
             f"batch {soonest} reaches a target loss soonest: with the gradient noise scale B_noise ≈ "
@@ -260,3 +273,32 @@ def explain(
             f"{spec.target_effective_batch} you asked for"
         )
     return "; ".join(parts)
+
+
+def _fixed_effective_batch(chosen: int, fitting, b_noise: float | None, steps: int, target: int) -> list[str]:
+    """Why this micro-batch, when the effective batch is fixed; and whether the target itself suits the noise."""
+    picked = next(p for p in fitting if p.batch_size == chosen)
+    divides = target % chosen == 0
+    parts = [
+        f"with target_effective_batch {target}, every micro-batch takes the same optimizer steps to a target loss, "
+        f"so the choice is throughput: micro-batch {chosen} is the fastest ({picked.samples_per_s:.3g} samples/s) "
+        f"of those that fit{' and divide the target' if divides else ''}; {steps} accumulation steps of {chosen}"
+    ]
+    if not divides:
+        parts.append(
+            f"no fitting micro-batch divides {target}: {steps} × {chosen} = {steps * chosen} samples per optimizer "
+            f"step, {steps * chosen - target} more than the target (scale the LR for {steps * chosen})"
+        )
+    if b_noise:
+        ratio = target / b_noise
+        if ratio > TARGET_FAR_FROM_NOISE:
+            parts.append(
+                f"the target is {ratio:.0f}× the gradient noise scale (B_noise ≈ {b_noise:.3g}): past B_noise a "
+                "bigger batch saves few steps, so a smaller effective batch would reach the loss with less compute"
+            )
+        elif ratio < 1 / TARGET_FAR_FROM_NOISE:
+            parts.append(
+                f"the target is {1 / ratio:.0f}× below the gradient noise scale (B_noise ≈ {b_noise:.3g}): a "
+                "larger effective batch would need far fewer steps for few more samples"
+            )
+    return parts

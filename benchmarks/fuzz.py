@@ -110,6 +110,7 @@ def run(examples: int, seed: int, checks: str) -> dict:
                 "fuzzed jobs cancelled after": cancelled,
                 "worker online after": any(w["online"] for w in workers),
                 "normal job after": job["state"],
+                "normal job error": (job.get("error") or {}).get("message"),
                 "schemathesis exit": fuzz.returncode,
                 "schemathesis tail": fuzz.stdout[-3000:],
             }

@@ -24,14 +24,28 @@ from lrbs.service.db import transaction
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 KEEPALIVE_SECONDS = 15  # a comment line this often keeps proxies from closing an idle stream
 
+SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "id", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["state", "progress", "end"]},
+        "id": {"type": "string", "description": "Send it back as Last-Event-ID to resume."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/JobEvent"},
+        },
+        "retry": {"type": "integer"},
+    },
+}
 EVENT_STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "`text/event-stream`. Each event's `data` is a JobEvent (JSON; see the JobEvent schema). "
         "`event` is `state` for the first event and whenever the state changes, `progress` when only the progress "
         "changed, and `end` for the last event, sent once the job has ended; then the stream closes. Lines "
         "starting with `:` are keep-alives.",
-        # The body is SSE text, not one JSON document; each event's data is a JobEvent (in components/schemas).
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        # OpenAPI 3.1 has an event stream's `schema` describe each event; its `data` is a JobEvent as JSON.
+        "content": {"text/event-stream": {"schema": SSE_EVENT}},
     }
 }
 

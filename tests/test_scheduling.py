@@ -101,3 +101,21 @@ def test_a_job_no_worker_can_run_fails_after_the_setting_saying_why(impatient):
     assert "LRBS_UNSCHEDULABLE_SECONDS" in failed["error"]["message"]
     assert "a worker with CUDA" in failed["error"]["message"] and "1 CPU worker" in failed["error"]["message"]
     assert client.get(f"/v1/jobs/{runnable['id']}").json()["state"] == "queued"  # a CPU worker can run it
+
+
+def test_a_worker_busy_with_a_long_job_stays_online_through_its_heartbeats(client, sessions):
+    """It makes no claims while it runs a job: its heartbeats keep it listed as online."""
+    from datetime import timedelta
+
+    from lrbs.service.queue import utcnow
+    from lrbs.service.tables import WorkerRow
+
+    register(client, "busy", info())
+    client.post("/v1/jobs", json=MINIMAL_SPEC)
+    lease = client.post("/v1/worker/claim", json={"worker_id": "busy", "wait_seconds": 0}, headers=AUTH).json()
+    with sessions.begin() as session:  # as if its last claim was long ago
+        session.get(WorkerRow, "busy").last_seen_at = utcnow() - timedelta(hours=1)
+    assert not client.get("/v1/workers").json()["workers"][0]["online"]
+    beat = {"lease_token": lease["lease_token"]}
+    assert client.post(f"/v1/worker/jobs/{lease['job_id']}:heartbeat", json=beat, headers=AUTH).status_code == 200
+    assert client.get("/v1/workers").json()["workers"][0]["online"]

@@ -217,7 +217,8 @@ def _lease_lost(session: Session, job_id: str) -> LeaseLost:
 
 
 def heartbeat(session: Session, job_id: str, lease_token: str, prog: Progress | None, settings: Settings) -> bool:
-    """Extend the lease and record progress; returns whether the user asked to cancel."""
+    """Extend the lease, record progress and that its worker is alive; returns whether the user asked to cancel.
+    (A worker running a long job makes no claims: its heartbeats are what keep it listed as online.)"""
     values: dict = {
         "lease_expires_at": epoch_now() + settings.lease_seconds,
         "updated_at": utcnow(),
@@ -229,11 +230,13 @@ def heartbeat(session: Session, job_id: str, lease_token: str, prog: Progress | 
         update(JobRow)
         .where(*_running(job_id, lease_token))
         .values(**values)
-        .returning(JobRow.cancel_requested)
+        .returning(JobRow.cancel_requested, JobRow.worker_id)
         .execution_options(synchronize_session=False)
     ).first()
     if row is None:
         raise _lease_lost(session, job_id)
+    if row[1] is not None:
+        session.execute(update(WorkerRow).where(WorkerRow.id == row[1]).values(last_seen_at=utcnow()))
     return bool(row[0])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -155,6 +156,36 @@ def test_every_supported_optimizer_is_copied(cls) -> None:
     assert state_after.keys() == state_before.keys()  # Adagrad's sums exist from the start; others' not yet
     for idx, entry in state_before.items():
         assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(state_after[idx][k])) for k, v in entry.items())
+
+
+def test_a_tensor_lr_is_the_copys_own() -> None:
+    """Optimizers may keep lr as a tensor, which set_lr fills in place: it must be a copy's tensor, not the caller's."""
+    model, batches = make_model(), make_batches()
+    lr = torch.tensor(1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    result = lr_range_test(model, CE, opt, batches, min_lr=1e-5, max_lr=1e-1, num_steps=10)
+    assert result.steps_run == 10
+    assert opt.param_groups[0]["lr"] is lr and lr.item() == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), [(torch.optim.SGD, {"momentum": 0.9}), (torch.optim.Adam, {})])
+def test_the_copy_steps_exactly_like_the_callers_optimizer(cls, kwargs: dict) -> None:
+    """The copy's first step is the caller's next step (its momentum or moments and step count), to the bit."""
+    model, batches = make_model(), make_batches()
+    opt = cls(model.parameters(), lr=0.01, weight_decay=1e-4, **kwargs)
+    for x, y in batches[:3]:
+        opt.zero_grad()
+        CE(model(x), y).backward()
+        opt.step()
+    result = lr_range_test(model, CE, opt, batches, min_lr=1e-3, max_lr=1e-2, num_steps=2, smoothing=0.0)
+
+    by_hand_model, by_hand_opt = copy.deepcopy((model, opt))  # one deepcopy keeps params and state linked
+    by_hand_opt.param_groups[0]["lr"] = result.lrs[0]
+    (x0, y0), (x1, y1) = batches[0], batches[1]
+    by_hand_opt.zero_grad(set_to_none=True)
+    CE(by_hand_model(x0), y0).backward()
+    by_hand_opt.step()
+    assert result.losses[1] == CE(by_hand_model(x1), y1).item()
 
 
 def test_caller_state_is_untouched_when_on_progress_aborts() -> None:
@@ -409,6 +440,24 @@ def test_each_lr_point_pulls_k_micro_batches() -> None:
     )
     assert result.steps_run == 10 and len(result.losses) == 10
     assert counting.pulled == 10 * k
+
+
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize(
+    "loss_fn",
+    [lambda out, y: CE(out, y).double(), lambda out, y: CE(out, y).reshape(1)],
+    ids=["float64", "shape-1"],
+)
+def test_a_loss_of_another_dtype_or_shape_gives_the_same_curve(loss_fn: Callable, k: int) -> None:
+    """The step hands back the loss as the loss function made it; the chunk readback makes it a float per point."""
+    settings = StepSettings(grad_accumulation_steps=k)
+    model, opt, batches = warmed_up()
+    reference = lr_range_test(model, CE, opt, batches, max_lr=1e-2, num_steps=12, check_every=5, step_settings=settings)
+    result = lr_range_test(
+        model, loss_fn, opt, batches, max_lr=1e-2, num_steps=12, check_every=5, step_settings=settings
+    )
+    assert result.steps_run == 12
+    assert result.losses == pytest.approx(reference.losses, rel=1e-6)
 
 
 def test_accumulated_step_equals_one_step_on_the_whole_batch() -> None:

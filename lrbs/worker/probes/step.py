@@ -6,6 +6,9 @@ fp16 with a GradScaler, CUDA only), `grad_accumulation_steps` (one optimizer ste
 micro-batches), `grad_clip_norm` (the total gradient norm, after unscaling) and `channels_last` apply
 to all of them alike. The loop follows nanoGPT's train.py. Nothing here reads a value back to the host:
 fp16 adds the one sync per step that GradScaler.step makes to decide whether to skip.
+
+Over a bare loop a step adds only the detached loss it returns: no GradScaler calls unless fp16, no
+dtype cast or copy of the loss (a caller that keeps losses converts them in bulk, as the range test does).
 """
 
 from __future__ import annotations
@@ -77,7 +80,9 @@ def device_of(model: nn.Module) -> torch.device:
 class TrainingStep:
     """`step(batches)`: one optimizer step over `grad_accumulation_steps` micro-batches drawn from `batches`.
 
-    Returns the micro-batches' losses as a device tensor (one per micro-batch, float32), never read back here.
+    Returns the micro-batches' losses, detached, as a device tensor: the loss itself (0-dim) with one
+    micro-batch, their stack (one per micro-batch) with more; in the loss function's dtype (float32 for
+    the usual losses, also under autocast); never read back here.
     """
 
     def __init__(
@@ -88,23 +93,29 @@ class TrainingStep:
         self.settings.check_device(self.device)
         self.model, self.loss_fn, self.optimizer = self.settings.prepare(model), loss_fn, optimizer
         self.autocast = self.settings.autocast(self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.settings.precision == "fp16")
+        # Only fp16 needs loss scaling; a disabled GradScaler would still cost three calls a step.
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.settings.precision == "fp16" else None
 
     def __call__(self, batches: Iterator[tuple[Tensor, Tensor]]) -> Tensor:
-        accum, settings = self.settings.grad_accumulation_steps, self.settings
+        accum, settings, scaler = self.settings.grad_accumulation_steps, self.settings, self.scaler
         self.optimizer.zero_grad(set_to_none=True)
         losses = []
         for _ in range(accum):
             x, y = settings.to_device(*next(batches), self.device)
             with self.autocast:
                 loss = self.loss_fn(self.model(x), y)
-            losses.append(loss.detach().float())  # a device-side copy: no host sync here
-            self.scaler.scale(loss / accum if accum > 1 else loss).backward()  # skip a no-op divide and its backward
+            losses.append(loss.detach())  # stays on the device: no host sync here
+            loss = loss / accum if accum > 1 else loss  # skip a no-op divide and its backward
+            (loss if scaler is None else scaler.scale(loss)).backward()
         if settings.grad_clip_norm is not None:
-            self.scaler.unscale_(self.optimizer)
+            if scaler is not None:
+                scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip_norm)  # the norm stays on device
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if scaler is None:
+            self.optimizer.step()
+        else:
+            scaler.step(self.optimizer)
+            scaler.update()
         return losses[0] if accum == 1 else torch.stack(losses)
 
     def set_lr(self, lr: float) -> None:

@@ -123,11 +123,13 @@ class Client:
         Follows the job's Server-Sent Events (`on_progress` is called on every change); where the stream cannot be
         had (a proxy that buffers it, a dropped connection), it polls every `poll_seconds` instead."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        followed = False
         with suppress(httpx.TransportError, SSEError):  # polling below gets there too, with the usual retries
             self._follow(_id(job), deadline, on_progress, poll_seconds)
+            followed = True  # the stream's `end` event has shown the final progress already
         while True:
             current = self.get(job)
-            if on_progress is not None:
+            if on_progress is not None and not followed:
                 on_progress(current.progress)
             if current.state in TERMINAL_STATES:
                 if current.state == JobState.failed:

@@ -348,10 +348,11 @@ def test_a_pipeline_gets_and_applies_advice_in_three_lines(tmp_path):
 def test_the_cli_submits_waits_and_reports_with_exit_codes(tmp_path):
     lrbs = [str(Path(sys.executable).parent / "lrbs")]
     spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        "model: {name: mlp, params: {hidden: [32]}}\n"
+    spec.write_text(  # a range test of a second or more: the event stream reports phases it sees (every 0.5 s)
+        "model: {name: mlp, params: {hidden: [256, 256]}}\n"
         "dataset: {name: synthetic_classification, params: {n_samples: 512}}\n"
         "optimizer: {name: sgd, params: {momentum: 0.9}}\n"
+        "lr_range: {num_steps: 400}\n"
         "device: cpu\n"
     )
     bad = tmp_path / "bad.json"

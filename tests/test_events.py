@@ -120,6 +120,7 @@ def test_wait_follows_the_stream_of_a_real_job(tmp_path):
     assert any(p.phase == "lr_range" and p.lr is not None and p.loss is not None for p in reports)
     assert paths.count(f"/v1/jobs/{job.id}/events") >= 1
     assert paths.count(f"/v1/jobs/{job.id}") == 1  # the final read, no polling
+    assert [p.phase for p in reports].count("done") == 1  # the end event's, not again after the final read
 
 
 def test_wait_falls_back_to_polling_where_no_stream_comes(fast_client):
@@ -145,3 +146,36 @@ def test_wait_falls_back_to_polling_where_no_stream_comes(fast_client):
             lrbs.wait(job, timeout=10)
     finally:
         client.send = original
+
+
+def test_a_worker_sends_each_new_phase_at_once(client, monkeypatch):
+    """A phase shorter than the heartbeat interval still reaches watchers: a new phase is sent without waiting."""
+    from types import SimpleNamespace
+
+    from lrbs.contract.resources import Progress
+    from lrbs.contract.worker_messages import Lease
+    from lrbs.worker import runner
+
+    monkeypatch.setattr(runner, "HEARTBEAT_SECONDS", 60.0)
+    job = client.post("/v1/jobs", json=QUICK).json()
+    claimed = client.post("/v1/worker/claim", json={"worker_id": "w", "wait_seconds": 0}, headers=AUTH).json()
+    client.headers.update(AUTH)
+    beat = runner.Heartbeat(SimpleNamespace(http=client), Lease.model_validate(claimed))
+
+    def progress_seen() -> dict | None:
+        return client.get(f"/v1/jobs/{job['id']}").json()["progress"]
+
+    beat.start()
+    try:
+        beat.report(Progress(phase="lr_range", step=1, total=30))
+        deadline = threading.Event()
+        for _ in range(100):
+            if (progress_seen() or {}).get("phase") == "lr_range":
+                break
+            deadline.wait(0.05)
+        assert progress_seen()["step"] == 1
+        beat.report(Progress(phase="lr_range", step=2, total=30))  # the same phase waits for the next beat
+        deadline.wait(0.5)
+        assert progress_seen()["step"] == 1
+    finally:
+        beat.halt()

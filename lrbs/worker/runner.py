@@ -232,7 +232,7 @@ class Worker:
             return stop.outcome
 
         def on_progress(progress: dict) -> None:
-            beat.progress = Progress.model_validate(progress)
+            beat.report(Progress.model_validate(progress))
 
         dataset = lease.spec.dataset
         path = self.fetch_dataset(dataset.id, lease.dataset_sha256) if isinstance(dataset, UploadedDataset) else None
@@ -335,11 +335,24 @@ class Heartbeat(threading.Thread):
         self.progress: Progress | None = None
         self.stop: Stop | None = None
         self._halt = threading.Event()
+        self._nudge = threading.Event()
+
+    def report(self, progress: Progress) -> None:
+        """Keep the latest progress for the next beat; a new phase is sent at once, so that a watcher sees every
+        phase, even one shorter than the heartbeat interval."""
+        new_phase = self.progress is None or progress.phase != self.progress.phase
+        self.progress = progress
+        if new_phase:
+            self._nudge.set()
 
     def run(self) -> None:
         logs.job_id.set(self.lease.job_id)  # a thread starts with a fresh context
         self.beat()  # at once: setting up a big job can take a while
-        while not self._halt.wait(self.interval):
+        while True:
+            self._nudge.wait(self.interval)
+            self._nudge.clear()
+            if self._halt.is_set():
+                return
             self.beat()
 
     def beat(self) -> None:
@@ -358,4 +371,5 @@ class Heartbeat(threading.Thread):
 
     def halt(self) -> None:
         self._halt.set()
+        self._nudge.set()
         self.join()

@@ -116,9 +116,11 @@ def test_adam_gets_a_warmup_and_says_why():
 def test_thorough_confirms_with_short_trainings():
     result = advise(job(schedule="constant", train_steps=60, lr_range={**SWEEP, "thoroughness": "thorough"}))
     rec = result.recommendation
-    assert [c.lr for c in rec.confirmation] == pytest.approx([rec.lr_low, rec.confirmation[1].lr, rec.lr_high])
-    best = min((c for c in rec.confirmation if c.val_loss is not None), key=lambda c: c.val_loss)
-    assert rec.lr == best.lr and rec.rule.endswith("+confirm") and result.sweeps == 3
+    assert [c.lr for c in rec.confirmation] == pytest.approx([rec.confirmation[0].lr, rec.lr_low, rec.lr_high])
+    finished = [c for c in rec.confirmation if c.val_loss is not None and c.steps == 60]
+    assert rec.lr == min(finished, key=lambda c: c.val_loss).lr and rec.rule.endswith("+confirm")
+    assert result.sweeps == 3 and result.phase_steps["lr_range"] == result.steps_run
+    assert result.phase_steps["confirm"] == sum(c.steps for c in rec.confirmation)
     # each sweep's own curve is kept, and the median curve is their per-step median
     assert len(result.sweep_curves) == 3
     n = len(result.curve.lr)

@@ -22,10 +22,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.lr_quality import grid
-from benchmarks.lr_quality.tasks import SCHEDULES, TASKS, Task
+from benchmarks.lr_quality.tasks import POLICY, SCHEDULES, TASKS, Task
 from benchmarks.lr_quality.training import build, job_of
 from lrbs.worker.advise import advise
-from lrbs.worker.plugins import PluginPolicy
 
 FINDER_SEEDS = (100, 200, 300)
 SUGGESTIONS_FILE = grid.CACHE / "suggestions.json"
@@ -34,22 +33,28 @@ RESULTS_FILE = Path(__file__).parent / "results.md"
 MAIN_SCHEDULES = ("constant", "cosine", "one_cycle")
 LRBS_RULES = ("steepest", "valley", "minimum", "slide", "lowest")
 ANCHORS = ("pytorch-lr-finder", "lightning")
+ANCHOR_STEPS = 100  # both anchors' default sweep (num_iter, num_training): at most this many steps
 
 
 def lrbs_suggestions(task: Task, finder_seed: int) -> dict[str, dict]:
-    """{f"{method}|{schedule}": {"lr", "wall_time_s"}} from the service's own code, default settings."""
+    """{f"{method}|{schedule}": {"lr", "wall_time_s", "steps"}} from the service's own code, default settings;
+    steps are every optimizer step the job ran (its sweeps and confirmation trainings)."""
     out = {}
     for schedule in SCHEDULES:
-        result = advise(task.job(schedule, seed=finder_seed, train_steps=task.steps))
+        result = advise(task.job(schedule, seed=finder_seed, train_steps=task.steps), policy=POLICY)
         rec = result.recommendation
-        out[f"lrbs recommended|{schedule}"] = {"lr": rec.lr if rec else None, "wall_time_s": result.wall_time_s}
-        for rule in LRBS_RULES:
-            out[f"lrbs {rule}|{schedule}"] = {"lr": result.suggestions[rule].lr, "wall_time_s": result.wall_time_s}
+        cost = {"wall_time_s": result.wall_time_s, "steps": sum(result.phase_steps.values())}
+        out[f"lrbs recommended|{schedule}"] = {"lr": rec.lr if rec else None, **cost}
+        for rule in LRBS_RULES:  # one sweep's reading: the sweeps' cost, not the confirmations'
+            sweeps = {"wall_time_s": result.phase_seconds.get("lr_range"), "steps": result.steps_run}
+            out[f"lrbs {rule}|{schedule}"] = {"lr": result.suggestions[rule].lr, **sweeps}
         thorough = advise(
-            task.job(schedule, seed=finder_seed, train_steps=task.steps, lr_range={"thoroughness": "thorough"})
+            task.job(schedule, seed=finder_seed, train_steps=task.steps, lr_range={"thoroughness": "thorough"}),
+            policy=POLICY,
         )
         rec = thorough.recommendation
-        out[f"lrbs thorough|{schedule}"] = {"lr": rec.lr if rec else None, "wall_time_s": thorough.wall_time_s}
+        cost = {"wall_time_s": thorough.wall_time_s, "steps": sum(thorough.phase_steps.values())}
+        out[f"lrbs thorough|{schedule}"] = {"lr": rec.lr if rec else None, **cost}
     return out
 
 
@@ -66,12 +71,12 @@ def anchor_suggestions(task: Task, finder_seed: int) -> dict[str, dict]:
     from lrbs.worker.factories import make_optimizer as build_optimizer
 
     def make_optimizer(params, lr):
-        return build_optimizer(spec.optimizer, params, lr, PluginPolicy())
+        return build_optimizer(spec.optimizer, params, lr, POLICY)
 
     batches = data.batches(task.batch_size, finder_seed)
     found["lightning"] = lightning_suggestion(model, loss_fn, make_optimizer, batches)
     return {
-        f"{name}|{schedule}": {"lr": s.lr, "wall_time_s": s.wall_time_s}
+        f"{name}|{schedule}": {"lr": s.lr, "wall_time_s": s.wall_time_s, "steps": ANCHOR_STEPS}
         for name, s in found.items()
         for schedule in SCHEDULES
     }
@@ -124,14 +129,14 @@ def main() -> None:
     if args.suggest_only:
         return
     samples = [
-        (task.name, fs, method, schedule, rounded(v["lr"]), v["wall_time_s"])
+        (task.name, fs, method, schedule, rounded(v["lr"]), v["wall_time_s"], v.get("steps"))
         for task in TASKS
         for fs in FINDER_SEEDS
         for k, v in suggestions[f"{task.name}|{fs}"].items()
         for method, schedule in [k.split("|")]
         if method != "lrbs lowest"
     ]  # a landmark (where the loss bottoms out), not an LR to train at
-    jobs = [(t, sch, lr, seed) for t, _, _, sch, lr, _ in samples if lr is not None for seed in grid.SEEDS]
+    jobs = [(t, sch, lr, seed) for t, _, _, sch, lr, *_ in samples if lr is not None for seed in grid.SEEDS]
     results = grid.load()
     results.update(grid.train_many(jobs, TRAINED_FILE))
     report(samples, results)
@@ -163,7 +168,7 @@ def report(samples, results) -> None:
             for schedule in SCHEDULES:
                 rs = [
                     regret(results, task.name, schedule, lr)
-                    for t, _, m, sch, lr, _ in samples
+                    for t, _, m, sch, lr, *_ in samples
                     if t == task.name and m == method and sch == schedule
                 ]
                 cells.append(" ".join(_pct(r) for r in rs))
@@ -176,16 +181,25 @@ def report(samples, results) -> None:
         lines += [
             f"## Summary over {title} (all tasks and finder seeds)",
             "",
-            "| method | median regret | worst regret | within 2% | probe wall time per job (median s) |",
-            "|---|---|---|---|---|",
+            "| method | median regret | worst regret | within 2% | optimizer steps per job: median / max | "
+            "× one 100-step anchor sweep (median job) | probe wall time per job (median s) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for method in methods:
-            picked = [(t, sch, lr, wall) for t, _, m, sch, lr, wall in samples if m == method and sch in schedules]
-            rs = [regret(results, t, sch, lr) for t, sch, lr, _ in picked]
+            picked = [
+                (t, sch, lr, wall, steps)
+                for t, _, m, sch, lr, wall, steps in samples
+                if m == method and sch in schedules
+            ]
+            rs = [regret(results, t, sch, lr) for t, sch, lr, *_ in picked]
             within = sum(r <= 0.02 for r in rs) / len(rs)
+            steps = [n for *_, n in picked if n is not None]
+            cost = f"{statistics.median(steps):.0f} / {max(steps)}" if steps else "not recorded"
+            ratio = f"{statistics.median(steps) / ANCHOR_STEPS:.1f}×" if steps else ""
+            walls = [w for *_, w, _ in picked if w is not None]
             lines.append(
-                f"| {method} | {_pct(statistics.median(rs))} | {_pct(max(rs))} | {within:.0%} | "
-                f"{statistics.median(w for *_, w in picked):.2f} |"
+                f"| {method} | {_pct(statistics.median(rs))} | {_pct(max(rs))} | {within:.0%} | {cost} | {ratio} | "
+                f"{statistics.median(walls):.2f} |"
             )
         lines.append("")
     text = "\n".join(lines)

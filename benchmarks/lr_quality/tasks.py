@@ -11,8 +11,10 @@ from typing import Any
 
 from lrbs.contract.job_spec import JobSpec
 from lrbs.schedules import SCHEDULES as ALL_SCHEDULES
+from lrbs.worker.plugins import PluginPolicy
 
 SCHEDULES = tuple(ALL_SCHEDULES)  # every schedule in the table
+POLICY = PluginPolicy(("benchmarks.lr_quality.text_data",))  # the plugin dataset of real text
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,22 @@ TASKS = [
         {"name": "transformer_lm", "params": {"layers": 1, "d_model": 32, "heads": 2}},
         {"name": "synthetic_tokens", "params": {"n_samples": 512, "context": 16, "vocab_size": 32}},
         {"name": "adamw"},
+        16,
+        200,
+    ),  # Two more sequence models, so the fractions for Adam-family optimizers on them are not fitted on one task.
+    _task(
+        "tokens-transformer2-adam",
+        {"name": "transformer_lm", "params": {"layers": 2, "d_model": 32, "heads": 4}},
+        {"name": "synthetic_tokens", "params": {"n_samples": 1024, "context": 16, "vocab_size": 48, "seed": 3}},
+        {"name": "adam"},
+        16,
+        200,
+    ),
+    _task(
+        "text-chars-transformer-adamw",
+        {"name": "transformer_lm", "params": {"layers": 1, "d_model": 32, "heads": 2}},
+        {"source": "plugin", "name": "benchmarks.lr_quality.text_data:chars", "params": {"context": 24}},
+        {"name": "adamw", "params": {"weight_decay": 0.01}},
         16,
         200,
     ),

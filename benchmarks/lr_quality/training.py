@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from functools import cache
 
-from benchmarks.lr_quality.tasks import TASKS, Task
+from benchmarks.lr_quality.tasks import POLICY, TASKS, Task
 from lrbs.worker.job import JobContext
 from lrbs.worker.probes.train import evaluate
 
@@ -15,7 +15,7 @@ TASKS_BY_NAME = {t.name: t for t in TASKS}
 @cache
 def _job(name: str) -> JobContext:
     """One job context per task (its data loaded once): every training builds its model through it."""
-    return JobContext.build(TASKS_BY_NAME[name].job(device="cpu"))
+    return JobContext.build(TASKS_BY_NAME[name].job(device="cpu"), policy=POLICY)
 
 
 def job_of(task: Task) -> JobContext:

@@ -23,7 +23,11 @@ class SuggestionOut(Model):
 
 class Candidate(Model):
     lr: float
-    val_loss: float | None = Field(description="Final validation loss of the short confirmation run (null: diverged).")
+    val_loss: float | None = Field(
+        description="Validation loss where its confirmation run ended (null: diverged): at `steps` of the run's "
+        "length; short of it when the run was stopped as clearly behind."
+    )
+    steps: int | None = Field(None, description="Optimizer steps the run trained before it ended or was stopped.")
 
 
 class Recommendation(Model):
@@ -142,4 +146,9 @@ class Result(Model):
     wall_time_s: float
     phase_seconds: dict[str, float] = Field(
         default_factory=dict, description="Wall time per phase (setup, lr_range, confirm, batch_size, ...)."
+    )
+    phase_steps: dict[str, int] = Field(
+        default_factory=dict,
+        description="Optimizer steps run per phase (lr_range, confirm, batch_size, ...): the job's cost, comparable "
+        "across machines.",
     )

@@ -8,7 +8,8 @@ precision, gradient accumulation, clipping and memory format apply everywhere, t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,18 +26,20 @@ from lrbs.worker.plugins import PluginPolicy
 from lrbs.worker.probes import batch_size as batch_probe
 from lrbs.worker.probes.lr_range import RangeProgress, RangeResult, lr_range_test
 from lrbs.worker.probes.step import LossFn, StepSettings
-from lrbs.worker.probes.train import train
+from lrbs.worker.probes.train import evaluate, training
 
 ProgressFn = Callable[[Progress], None]
 VALIDATION_BATCH = 256
 
 
 class PhaseClock:
-    """Passes progress reports on and times each phase: from its first report to the next phase's first."""
+    """Passes progress reports on, times each phase (from its first report to the next phase's first) and counts
+    the optimizer steps run in each."""
 
     def __init__(self, report: ProgressFn) -> None:
         self.report = report
         self.seconds: dict[str, float] = {}
+        self.steps: dict[str, int] = {}
         self.phase: str | None = None
         self.since = time.perf_counter()
 
@@ -50,6 +53,10 @@ class PhaseClock:
         if self.phase is not None:
             self.seconds[self.phase] = self.seconds.get(self.phase, 0.0) + now - self.since
         self.since = now
+
+    def add_steps(self, n: int) -> None:
+        phase = self.phase or "setup"
+        self.steps[phase] = self.steps.get(phase, 0) + n
 
     def totals(self) -> dict[str, float]:
         """Seconds per phase so far, the current one included."""
@@ -118,12 +125,14 @@ class JobContext:
         sweep = self.spec.lr_range
         seed = self.spec.seed if seed is None else seed
         model, optimizer = self.fresh(sweep.min_lr, seed)
-        return lr_range_test(
+        result = lr_range_test(
             model, self.loss_fn, optimizer, self.data.batches(batch_size, seed),
             min_lr=sweep.min_lr, max_lr=sweep.max_lr, num_steps=sweep.num_steps, mode=sweep.mode,
             smoothing=sweep.smoothing, diverge_factor=sweep.diverge_factor, on_progress=on_progress,
             step_settings=self.step_settings,
         )  # fmt: skip
+        self.report.add_steps(result.steps_run)
+        return result
 
     def train(
         self,
@@ -140,23 +149,57 @@ class JobContext:
         """A short real training at `lr` with `schedule`; the final validation loss (inf if it diverged).
 
         Trains a fresh model, or `model` (a model and its optimizer) in place."""
+        trained = self.training(
+            lr, steps, schedule=schedule, warmup_steps=warmup_steps, batch_size=batch_size, seed=seed,
+            on_progress=on_progress, model=model,
+        )  # fmt: skip
+        return deque(trained, maxlen=1)[0][1]
+
+    def training(
+        self,
+        lr: float,
+        steps: int,
+        *,
+        schedule: str = "constant",
+        warmup_steps: int = 0,
+        batch_size: int | None = None,
+        seed: int | None = None,
+        evaluate_at: Collection[int] = (),
+        on_progress: Callable[[int, int], None] | None = None,
+        model: tuple[nn.Module, torch.optim.Optimizer] | None = None,
+    ) -> Iterator[tuple[int, float]]:
+        """`train`, yielding (step, validation loss) at each step of `evaluate_at` and at the end; a caller that
+        stops asking stops the training there."""
         seed = self.spec.seed if seed is None else seed
         net, optimizer = model or self.fresh(lr, seed)
         params = SCHEDULES[schedule].params(lr, steps, warmup_steps)
         batches = self.data.batches(batch_size or self.spec.lr_range.batch_size, seed)
-        return train(
+        done = 0
+        for step, val_loss in training(
             net, self.loss_fn, optimizer, batches, self.data.val_batches(VALIDATION_BATCH), schedule=schedule,
-            schedule_params=params, steps=steps, on_progress=on_progress, step_settings=self.step_settings,
-        )  # fmt: skip
+            schedule_params=params, steps=steps, evaluate_at=evaluate_at, on_progress=on_progress,
+            step_settings=self.step_settings,
+        ):  # fmt: skip
+            self.report.add_steps(step - done)
+            done = step
+            yield step, val_loss
+
+    def untrained_loss(self) -> float:
+        """The validation loss of a fresh model (seeded as the job's trainings are): where training starts from."""
+        model, _ = self.fresh(self.spec.lr_range.min_lr)
+        with self.step_settings.autocast(self.device):
+            return evaluate(model, self.loss_fn, self.data.val_batches(VALIDATION_BATCH), self.step_settings)
 
     def step_probe(
         self, batch_size: int, lr: float, timed_steps: int = batch_probe.TIMED_STEPS
     ) -> batch_probe.StepProbe:
         """Memory and speed of one optimizer step at this micro-batch size, as the job runs its steps."""
-        return batch_probe.probe(
+        probe = batch_probe.probe(
             lambda: self.fresh(lr), self.loss_fn, self.first_batch, batch_size, self.device,
             timed_steps=timed_steps, step_settings=self.step_settings,
         )  # fmt: skip
+        self.report.add_steps(probe.steps_run)
+        return probe
 
     def first_batch(self, batch_size: int) -> tuple[Tensor, Tensor]:
         return next(iter(self.data.batches(batch_size, self.spec.seed)))

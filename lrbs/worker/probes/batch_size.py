@@ -43,6 +43,7 @@ class StepProbe:
     step_time_s: float | None  # one optimizer step: `accumulation` micro-batches
     accumulation: int = 1
     note: str | None = None
+    steps_run: int = 0  # optimizer steps the probe ran
 
     @property
     def samples_per_s(self) -> float | None:
@@ -81,7 +82,7 @@ def probe(
         peak = _peak(device, before)
         for _ in range(WARMUP_STEPS):
             step(micro_batches)
-        steps = timed_steps
+        steps, steps_run = timed_steps, 1 + WARMUP_STEPS
         while True:
             _sync(device)
             started = time.perf_counter()
@@ -89,8 +90,11 @@ def probe(
                 step(micro_batches)
             _sync(device)  # the only syncs: at each timed block's two ends
             elapsed = time.perf_counter() - started
+            steps_run += steps
             if elapsed >= MIN_TIMED_S or steps >= 64 * timed_steps:
-                return StepProbe(batch_size, True, peak, elapsed / steps, settings.grad_accumulation_steps)
+                return StepProbe(
+                    batch_size, True, peak, elapsed / steps, settings.grad_accumulation_steps, steps_run=steps_run
+                )
             steps *= 2
     except Exception as exc:
         if not is_oom(exc):

@@ -7,7 +7,7 @@ to confirm it (short runs around a suggestion). A straight loop, like nanoGPT's 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -42,7 +42,7 @@ def evaluate(
     return mean if math.isfinite(mean) else math.inf
 
 
-def train(
+def training(
     model: nn.Module,
     loss_fn: LossFn,
     optimizer: torch.optim.Optimizer,
@@ -52,23 +52,30 @@ def train(
     schedule: str,
     schedule_params: dict[str, Any],
     steps: int,
+    evaluate_at: Collection[int] = (),
     on_progress: Callable[[int, int], None] | None = None,
     step_settings: StepSettings | None = None,
-) -> float:
-    """Train `model` in place for `steps` optimizer steps; return the final validation loss (inf if diverged).
+) -> Iterator[tuple[int, float]]:
+    """Train `model` in place for `steps` optimizer steps, yielding (step, validation loss) after each step in
+    `evaluate_at` and after the last. A diverged run yields (step, inf) once, at the check that saw it, and stops.
 
-    Each step runs as `step_settings` say (precision, accumulation, clipping, channels-last)."""
+    The caller may stop early by not asking for the next checkpoint (confirmation trainings drop an LR that is
+    clearly behind). Each step runs as `step_settings` say (precision, accumulation, clipping, channels-last)."""
     scheduler = SCHEDULES[schedule].scheduler(optimizer, schedule_params)
     model.train()
     step_fn = TrainingStep(model, loss_fn, optimizer, step_settings)
     data = forever(batches)
-    for step in range(steps):
+    for step in range(1, steps + 1):
         loss = step_fn(data)
         scheduler.step()
-        if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
+        checkpoint = step in evaluate_at or step == steps
+        if step % CHECK_EVERY == 0 or checkpoint:
             if not torch.isfinite(loss).all().item():
-                return math.inf  # diverged: no point training on NaN
+                yield step, math.inf  # diverged: no point training on NaN
+                return
             if on_progress is not None:
-                on_progress(step + 1, steps)
-    with step_fn.autocast:
-        return evaluate(model, loss_fn, val_batches, step_fn.settings, step_fn.device)
+                on_progress(step, steps)
+        if checkpoint:
+            with step_fn.autocast:
+                val_loss = evaluate(model, loss_fn, val_batches, step_fn.settings, step_fn.device)
+            yield step, val_loss  # outside autocast: the caller runs between checkpoints

@@ -71,9 +71,10 @@ def any_active(session: Session) -> bool:
 
 
 def authenticate(session: Session, authorization: str) -> Caller:
-    """The caller behind an `Authorization` header value (401 when keys exist and it names none)."""
-    if not any_active(session):
-        return OPEN
+    """The caller behind an `Authorization` header value (401 when keys exist and it names none).
+
+    A key is looked up first, so a keyed request costs one query; only a request without a known key asks
+    whether any key exists (none: the API is open)."""
     scheme, _, key = authorization.partition(" ")
     found = None
     if scheme.lower() == "bearer" and key.startswith(PREFIX):
@@ -81,6 +82,8 @@ def authenticate(session: Session, authorization: str) -> Caller:
             select(ApiKeyRow).where(ApiKeyRow.key_sha256 == _digest(key.strip()), ApiKeyRow.revoked_at.is_(None))
         ).first()
     if found is None:
+        if not any_active(session):
+            return OPEN
         raise Unauthorized(
             "this service needs an API key: send 'Authorization: Bearer <key>' "
             "(an operator creates one with `lrbs keys create --name <team>`)"

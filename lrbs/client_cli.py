@@ -75,6 +75,14 @@ def describe(job: Job) -> str:
             advice = job.result.batch_advice
             lines.append(f"  batch size {advice.batch_size} (lr {advice.lr:.4g})" if advice.lr else
                          f"  batch size {advice.batch_size}")  # fmt: skip
+            dp = advice.data_parallel
+            if dp is not None and dp.world_size > 1:
+                lr = f", lr {dp.global_lr:.4g}" if dp.global_lr is not None else ""
+                speed = f", predicted {dp.fleet_samples_per_s:.4g} samples/s" if dp.fleet_samples_per_s else ""
+                lines.append(
+                    f"  on {dp.world_size} devices: {dp.micro_batch_size} per device × {dp.grad_accumulation_steps} "
+                    f"accumulation = global batch {dp.global_batch_size}{lr}{speed}"
+                )
         lines += ["", rec.snippet]
     if job.error is not None:
         lines.append(f"  error ({job.error.kind}): {job.error.message}")

@@ -39,6 +39,8 @@ ModelSpec = Annotated[
     Annotated[BuiltinModel, Tag("builtin")] | Annotated[PluginRef, Tag("plugin")], Discriminator(source_of)
 ]
 
+MAX_WORLD_SIZE = 65_536
+DEFAULT_INTERCONNECT_GBPS = 50.0  # GB/s of all-reduce bus bandwidth per device: a 400 Gb/s NIC per GPU
 LABEL_KEY = r"^[A-Za-z0-9_.\-]{1,64}$"
 LossName = Literal["cross_entropy", "mse", "l1", "bce_with_logits", "nll"]
 
@@ -142,7 +144,28 @@ class JobSpec(Strict):
         None, gt=0, description="CPU: the memory a training step may use. CUDA: the GPU's memory is the budget."
     )
     target_effective_batch: PositiveInt | None = Field(
-        None, description="The effective batch you want: the advice says how many accumulation steps reach it."
+        None,
+        description="The effective (global) batch you want: micro-batch × accumulation × world_size; the "
+        "advice says how many accumulation steps per device reach it.",
+    )
+    world_size: int = Field(
+        1,
+        ge=1,
+        le=MAX_WORLD_SIZE,
+        description="Data-parallel devices (DDP ranks) you will train on. Memory and throughput are measured on "
+        "one device; the global batch is micro-batch × accumulation × world_size, and the noise scale, the time "
+        "to a target loss and the LR are for the global batch. The fleet's throughput is predicted from one "
+        "device's step time plus a ring all-reduce of the gradients at interconnect_gbps. Needs batch_sizes "
+        "(the per-device micro-batch candidates).",
+    )
+    interconnect_gbps: float = Field(
+        DEFAULT_INTERCONNECT_GBPS,
+        gt=0,
+        le=100_000,
+        description="Per-device all-reduce bus bandwidth in gigabytes per second (10⁹ bytes/s, not gigabits; "
+        "nccl-tests all_reduce_perf reports it as busbw). A ring all-reduce of S gradient bytes over N devices "
+        "takes 2·(N−1)/N·S / this. The default, 50, is about one 400 Gb/s InfiniBand link per GPU between "
+        "nodes; inside one NVLink node it is often 150–450: measure yours and set it.",
     )
     generalization_check: bool = Field(
         False,
@@ -181,6 +204,20 @@ class JobSpec(Strict):
                 raise ValueError("batch sizes must be distinct")
             sizes = sorted(sizes)
         return sizes
+
+    @model_validator(mode="after")
+    def _fleet(self) -> JobSpec:
+        if self.world_size > 1 and self.batch_sizes is None:
+            raise ValueError(
+                f"world_size {self.world_size} shapes the batch-size advice: give batch_sizes too (the per-device "
+                "micro-batch candidates), or leave world_size at 1"
+            )
+        if self.target_effective_batch is not None and self.target_effective_batch < self.world_size:
+            raise ValueError(
+                f"target_effective_batch ({self.target_effective_batch}) is below world_size ({self.world_size}): "
+                "every device takes at least one sample per optimizer step; accepted: a target ≥ world_size"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fits_the_data(self) -> JobSpec:

@@ -87,6 +87,11 @@ class BatchCandidate(Model):
         description="generalization_check: validation loss after the equal-epoch "
         "training (null: not run, or diverged).",
     )
+    fleet_samples_per_s: float | None = Field(
+        None,
+        description="Predicted samples per second over world_size devices at this micro-batch (with its "
+        "accumulation): equal to samples_per_s on one device.",
+    )
     note: str | None = Field(None, description="Why it does not fit, for example.")
 
 
@@ -100,9 +105,64 @@ class NoiseScaleOut(Model):
     measurements: int
 
 
+class DataParallelAdvice(Model):
+    """The advised batch on world_size data-parallel devices: what each rank runs, the global batch, and its LR.
+
+    Memory and speed are measured on one device; the fleet's throughput and all-reduce time are predicted."""
+
+    world_size: int = Field(description="Data-parallel devices (ranks) the advice is for: the spec's world_size.")
+    micro_batch_size: int = Field(
+        description="Samples per device per forward and backward pass: the DataLoader batch_size on each rank."
+    )
+    grad_accumulation_steps: int = Field(
+        description="Micro-batches each device accumulates per optimizer step; gradients are all-reduced once "
+        "per optimizer step, on the last of them."
+    )
+    global_batch_size: int = Field(
+        description="Samples per optimizer step over the fleet: micro_batch_size × grad_accumulation_steps × "
+        "world_size. The noise scale, the time to a target loss and global_lr are about this batch."
+    )
+    global_lr: float | None = Field(description="The LR to train the global batch with (the schedule's peak LR).")
+    global_lr_rule: str = Field(
+        description="How global_lr was scaled from a measured LR, and whether the global batch lies beyond the "
+        "batches whose LR was measured (then it is extrapolated)."
+    )
+    device_samples_per_s: float | None = Field(
+        description="Measured: samples per second of one device at micro_batch_size, accumulation included."
+    )
+    fleet_samples_per_s: float | None = Field(
+        description="Predicted: global_batch_size / step_time_s. Assumes no overlap of the all-reduce with the "
+        "backward pass (DDP overlaps them in buckets), so it is a lower bound where the bandwidth holds."
+    )
+    step_time_s: float | None = Field(
+        description="Predicted seconds per optimizer step on the fleet: one device's grad_accumulation_steps "
+        "micro-batches (measured) plus allreduce_s."
+    )
+    allreduce_s: float = Field(
+        description="Predicted seconds of the ring all-reduce per optimizer step: 2·(N−1)/N × gradient_bytes / "
+        "(interconnect_gbps × 10⁹); 0 on one device."
+    )
+    gradient_bytes: int = Field(
+        description="Gradient bytes all-reduced per step: every parameter that requires a gradient × its "
+        "element size. Gradients take the parameters' dtype: fp32 parameters give 4 bytes each, also under "
+        "bf16/fp16 autocast (autocast keeps parameters, so gradients, in fp32). Compression hooks are not modelled."
+    )
+    interconnect_gbps: float = Field(
+        description="The all-reduce bus bandwidth assumed per device, in GB/s (10⁹ bytes/s): the spec's "
+        "interconnect_gbps, its default unless you set it."
+    )
+    snippet: str = Field(
+        description="Per-rank PyTorch code: DistributedSampler, the micro-batch, accumulation under no_sync "
+        "(one all-reduce per optimizer step) and the LR for the global batch."
+    )
+
+
 class BatchSizeAdvice(Model):
-    batch_size: int = Field(description="The recommended batch size.")
-    lr: float | None = Field(description="The LR that goes with it.")
+    batch_size: int = Field(description="The recommended batch size: the micro-batch on each device.")
+    lr: float | None = Field(
+        description="The LR that goes with it on one device with the job's grad_accumulation_steps; "
+        "data_parallel.global_lr is the LR for the global batch."
+    )
     lr_scaling: str = Field(description="How the LR was set per batch size (probe, linear, sqrt, interpolated).")
     largest_fitting: int | None = Field(
         description="The largest batch that fits with headroom (predicted from the "
@@ -114,10 +174,17 @@ class BatchSizeAdvice(Model):
         None, description="The memory a step may use: the GPU's on CUDA, else memory_budget_gb (null: unbounded)."
     )
     headroom: float = Field(description="Share of the memory budget kept free.")
-    grad_accumulation_steps: int | None = Field(None, description="To reach target_effective_batch.")
+    grad_accumulation_steps: int | None = Field(
+        None, description="Per device, to reach target_effective_batch (over world_size devices)."
+    )
     noise_scale: NoiseScaleOut | None = None
     generalization_epochs: int | None = Field(None, description="Epochs each candidate trained in the check.")
     candidates: list[BatchCandidate]
+    data_parallel: DataParallelAdvice | None = Field(
+        None,
+        description="The recommendation as each of world_size ranks runs it: micro-batch, accumulation, global "
+        "batch, the LR for the global batch and the predicted fleet throughput (also for world_size 1).",
+    )
     reason: str
 
 

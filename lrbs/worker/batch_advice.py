@@ -3,6 +3,9 @@
 The recommended batch minimises the predicted time to reach a target loss. With the gradient noise
 scale B_noise (McCandlish et al. 2018), the steps needed are S = S_min·(1 + B_noise/B); each takes the
 measured step time t(B) = B / throughput(B), so time ∝ (B + B_noise) / throughput(B).
+
+Over `world_size` data-parallel devices B is the global batch (micro × accumulation × world_size) and the
+throughput is the fleet's, predicted from one device's by `fleet` (a ring all-reduce per optimizer step).
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ import math
 from lrbs.contract.job_spec import AutoBatchSizes, JobSpec
 from lrbs.contract.optimizers import ADAPTIVE_OPTIMIZERS
 from lrbs.contract.resources import Progress
-from lrbs.contract.results import BatchCandidate, BatchSizeAdvice, NoiseScaleOut
-from lrbs.worker import suggest
+from lrbs.contract.results import BatchCandidate, BatchSizeAdvice, DataParallelAdvice, NoiseScaleOut
+from lrbs.worker import fleet, suggest
 from lrbs.worker.errors import JobError
 from lrbs.worker.job import JobContext
 from lrbs.worker.probes import batch_size as bs
@@ -23,6 +26,7 @@ from lrbs.worker.probes.batches import forever
 MEMORY_HEADROOM = 0.10  # share of the memory budget kept free (Lightning #8028: the chosen batch OOMs later)
 NOISE_WARMUP_STEPS = 50  # B_noise is near 0 at initialisation and grows: measure after some training
 NOISE_MEASUREMENTS = 24
+TARGET_OVERSHOOT = 0.10  # no micro-batch reaches the target exactly: the fastest within this share above it
 TARGET_FAR_FROM_NOISE = 4.0  # a target effective batch this many times above (or below) B_noise is worth a word
 MB = 2**20
 
@@ -59,18 +63,23 @@ def advise_batch_size(job: JobContext, base_lr: float | None, headroom: float = 
             "try smaller batch sizes or a larger memory_budget_gb"
         )
 
+    gradient_bytes = fleet.gradient_bytes(job.fresh(lr0)[0])
+    accumulations, speeds = fleet_speeds(spec, fitting, gradient_bytes)
+    world = spec.world_size
     lrs, scaling = lrs_for(job, [p.batch_size for p in fitting], lr0)
     noise = measure_noise(job, [p.batch_size for p in fitting], lr0)
     b_noise = noise.b_noise if noise and noise.b_noise is not None else None
     target = spec.target_effective_batch
     if target:
-        # A fixed effective batch fixes the steps to a target loss: micro-batches differ only in throughput.
-        times = {p.batch_size: time_to_target(target, p.samples_per_s, b_noise) for p in fitting}
-        dividing = [p for p in fitting if target % p.batch_size == 0] or fitting
-        chosen = soonest = max(dividing, key=lambda p: p.samples_per_s or 0).batch_size
+        # A fixed effective batch fixes the steps to a target loss: micro-batches differ only in throughput
+        # (over world_size devices: one device's throughput and the all-reduce per optimizer step).
+        times = {p.batch_size: time_to_target(target, speeds[p.batch_size], b_noise) for p in fitting}
+        nearest = nearest_target(fitting, target, world, accumulations)
+        chosen = soonest = max(nearest, key=lambda p: speeds[p.batch_size] or 0).batch_size
     else:
-        # The noise scale is about the effective batch: each optimizer step sees `accumulation` micro-batches.
-        times = {p.batch_size: time_to_target(p.batch_size * accumulation, p.samples_per_s, b_noise) for p in fitting}
+        # The noise scale is about the global batch: each optimizer step sees `accumulation` micro-batches on
+        # each of world_size devices.
+        times = {b: time_to_target(b * accumulation * world, speeds[b], b_noise) for b in speeds}
         chosen = soonest = min(times, key=lambda b: times[b])
     best_time = min(times.values())
     val_losses: dict[int, float | None] = {}
@@ -86,21 +95,91 @@ def advise_batch_size(job: JobContext, base_lr: float | None, headroom: float = 
             peak_memory_mb=p.peak_bytes / MB if p.peak_bytes is not None else None,
             step_time_s=p.step_time_s, samples_per_s=p.samples_per_s, lr=lrs.get(p.batch_size),
             relative_time_to_target=times[p.batch_size] / best_time if p.batch_size in times else None,
-            val_loss=val_losses.get(p.batch_size),
+            val_loss=val_losses.get(p.batch_size), fleet_samples_per_s=speeds.get(p.batch_size),
             note=p.note or (None if fits[p.batch_size] else f"over {1 - headroom:.0%} of the memory budget"),
         )
         for p in probes
     ]  # fmt: skip
-    steps_to_target = math.ceil(spec.target_effective_batch / chosen) if spec.target_effective_batch else None
+    steps_to_target = accumulations[chosen] if spec.target_effective_batch else None
+    data_parallel = data_parallel_advice(
+        job,
+        next(p for p in fitting if p.batch_size == chosen),
+        accumulations[chosen],
+        gradient_bytes,
+        lrs,
+        scaling,
+        lr0,
+        b_noise,
+    )
+    reason = explain(soonest, chosen, b_noise, fitting, largest, steps_to_target, spec, weighed, speeds)
+    if world > 1:
+        reason += "; " + fleet.reason(data_parallel)
     return BatchSizeAdvice(
         batch_size=chosen, lr=lrs.get(chosen), lr_scaling=scaling, largest_fitting=largest,
         largest_fitting_verified=verified,
         memory_fit_mb=(fit[0] / MB, fit[1] / MB) if fit else None, headroom=headroom,
         memory_budget_mb=budget / MB if budget else None,
         grad_accumulation_steps=steps_to_target, noise_scale=noise, generalization_epochs=epochs,
-        candidates=candidates,
-        reason=explain(soonest, chosen, b_noise, fitting, largest, steps_to_target, spec, weighed),
+        candidates=candidates, data_parallel=data_parallel, reason=reason,
     )  # fmt: skip
+
+
+def fleet_speeds(
+    spec: JobSpec, fitting: list[bs.StepProbe], gradient_bytes: int
+) -> tuple[dict[int, int], dict[int, float | None]]:
+    """Per fitting micro-batch: the accumulation per device (the job's own, or what reaches target_effective_batch
+    over world_size devices) and the predicted samples/s of the fleet (one device's: samples_per_s)."""
+    world, target = spec.world_size, spec.target_effective_batch
+    allreduce = fleet.allreduce_seconds(gradient_bytes, world, spec.interconnect_gbps)
+    accumulations, speeds = {}, {}
+    for p in fitting:
+        a = fleet.accumulation_for(target, p.batch_size, world) if target else p.accumulation
+        accumulations[p.batch_size] = a
+        speeds[p.batch_size] = (
+            fleet.fleet_samples_per_s(p.batch_size, a, world, p.step_time_s / p.accumulation, allreduce)
+            if p.step_time_s
+            else None
+        )
+    return accumulations, speeds
+
+
+def nearest_target(
+    fitting: list[bs.StepProbe], target: int, world_size: int, accumulations: dict[int, int]
+) -> list[bs.StepProbe]:
+    """The micro-batches whose global batch comes nearest target_effective_batch: exactly (micro × world_size
+    divides it), else at most TARGET_OVERSHOOT above it, else the least above it. Over many devices one
+    micro-batch per device can overshoot the target many times over."""
+    over = {
+        p.batch_size: fleet.global_batch(p.batch_size, accumulations[p.batch_size], world_size) - target
+        for p in fitting
+    }
+    least = min(over.values())
+    return (
+        [p for p in fitting if over[p.batch_size] == 0]
+        or [p for p in fitting if over[p.batch_size] <= TARGET_OVERSHOOT * target]
+        or [p for p in fitting if over[p.batch_size] == least]
+    )
+
+
+def data_parallel_advice(
+    job: JobContext,
+    chosen: bs.StepProbe,
+    accumulation: int,
+    gradient_bytes: int,
+    lrs: dict[int, float],
+    scaling: str,
+    lr0: float,
+    b_noise: float | None,
+) -> DataParallelAdvice:
+    """The chosen micro-batch as each of world_size ranks runs it, with the LR for the global batch."""
+    spec = job.spec
+    total = fleet.global_batch(chosen.batch_size, accumulation, spec.world_size)
+    adaptive = getattr(spec.optimizer, "name", "") in ADAPTIVE_OPTIMIZERS
+    lr, rule = fleet.global_lr(
+        scaling, lrs, lr0, spec.lr_range.batch_size, spec.grad_accumulation_steps, adaptive, total, b_noise
+    )
+    micro_seconds = chosen.step_time_s / chosen.accumulation if chosen.step_time_s else None
+    return fleet.advice(spec, chosen.batch_size, accumulation, micro_seconds, gradient_bytes, lr, rule)
 
 
 GENERALIZATION_TOLERANCE = 0.05  # a validation loss this much above the best candidate's counts as worse
@@ -239,11 +318,14 @@ def explain(
     accumulation: int | None,
     spec: JobSpec,
     weighed: str | None,
+    speeds: dict[int, float | None] | None = None,
 ) -> str:
     fastest = max(fitting, key=lambda p: p.samples_per_s or 0)
     parts = []
     if spec.target_effective_batch:
-        parts = _fixed_effective_batch(chosen, fitting, b_noise, accumulation or 1, spec.target_effective_batch)
+        parts = _fixed_effective_batch(
+            chosen, fitting, b_noise, accumulation or 1, spec.target_effective_batch, spec.world_size, speeds
+        )
         parts += [weighed] if weighed else []
         parts += [f"the largest batch that fits with headroom is {largest}"] if largest is not None else []
         return "; ".join(parts)
@@ -275,16 +357,27 @@ def explain(
     return "; ".join(parts)
 
 
-def _fixed_effective_batch(chosen: int, fitting, b_noise: float | None, steps: int, target: int) -> list[str]:
+def _fixed_effective_batch(
+    chosen: int,
+    fitting,
+    b_noise: float | None,
+    steps: int,
+    target: int,
+    world_size: int = 1,
+    speeds: dict[int, float | None] | None = None,
+) -> list[str]:
     """Why this micro-batch, when the effective batch is fixed; and whether the target itself suits the noise."""
     picked = next(p for p in fitting if p.batch_size == chosen)
-    divides = target % chosen == 0
+    divides = target % (chosen * world_size) == 0
     parts = [
         f"with target_effective_batch {target}, every micro-batch takes the same optimizer steps to a target loss, "
         f"so the choice is throughput: micro-batch {chosen} is the fastest ({picked.samples_per_s:.3g} samples/s) "
-        f"of those that fit{' and divide the target' if divides else ''}; {steps} accumulation steps of {chosen}"
+        f"of those that fit{' and divide the target' if divides else ' and come nearest it'}; "
+        f"{steps} accumulation steps of {chosen}"
     ]
-    if not divides:
+    if world_size > 1:  # the target is the global batch: micro × accumulation × world_size
+        parts = _fixed_global_batch(chosen, divides, steps, target, world_size, (speeds or {}).get(chosen))
+    elif not divides:
         parts.append(
             f"no fitting micro-batch divides {target}: {steps} × {chosen} = {steps * chosen} samples per optimizer "
             f"step, {steps * chosen - target} more than the target (scale the LR for {steps * chosen})"
@@ -301,4 +394,30 @@ def _fixed_effective_batch(chosen: int, fitting, b_noise: float | None, steps: i
                 f"the target is {1 / ratio:.0f}× below the gradient noise scale (B_noise ≈ {b_noise:.3g}): a "
                 "larger effective batch would need far fewer steps for few more samples"
             )
+    return parts
+
+
+def _fixed_global_batch(
+    chosen: int, divides: bool, steps: int, target: int, world_size: int, speed: float | None
+) -> list[str]:
+    """_fixed_effective_batch over world_size devices: the target is the global batch, micro × accumulation × N."""
+    total = fleet.global_batch(chosen, steps, world_size)
+    parts = [
+        f"with target_effective_batch {target} over {world_size} devices, every micro-batch takes the same "
+        "optimizer steps to a target loss, so the choice is the fleet's throughput: micro-batch "
+        f"{chosen} is the fastest (predicted {speed or 0:.4g} samples/s over the fleet) of those that fit"
+        f"{f' and, times {world_size} devices, divide the target' if divides else ' and come nearest it'}; "
+        f"{steps} accumulation step(s) of {chosen} on each of {world_size} devices: {steps} × {chosen} × "
+        f"{world_size} = {total}"
+    ]
+    if not divides:
+        why = (
+            f"even one micro-batch of {chosen} per device is {total} samples"
+            if steps == 1
+            else f"no fitting micro-batch × {world_size} devices divides {target}"
+        )
+        parts.append(
+            f"{why}: {total} samples per optimizer step, {total - target} more than the target "
+            f"(global_lr is for {total})"
+        )
     return parts

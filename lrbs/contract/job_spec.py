@@ -41,6 +41,7 @@ ModelSpec = Annotated[
 
 LABEL_KEY = r"^[A-Za-z0-9_.\-]{1,64}$"
 LossName = Literal["cross_entropy", "mse", "l1", "bce_with_logits", "nll"]
+MAX_VAL_BATCHES = 256  # lr_range.val_batches: validation batches per step of a validation-loss sweep
 
 
 class PluginLoss(PluginRef):
@@ -60,11 +61,28 @@ class LRRangeSpec(Strict):
         description="quick: one sweep; standard: the median of 3 sweeps (seeds seed, seed+1, seed+2), "
         "plus 3 short confirmation trainings when the sweeps disagree; thorough: always confirm.",
     )
+    loss: Literal["training", "validation"] = Field(
+        "training",
+        description="The loss the curve records. training: each step's own batch loss (free). validation: "
+        "after each step, the loss on the first `val_batches` validation batches, in eval mode (no dropout, "
+        "running batch-norm statistics), for tasks whose training loss misleads (heavy augmentation, dropout, "
+        "label noise). Costs one forward pass over those batches per step, on top of the step.",
+    )
+    val_batches: int = Field(
+        4,
+        ge=1,
+        le=MAX_VAL_BATCHES,
+        description="loss: validation only. Validation batches (of batch_size samples) evaluated after each "
+        "step, the same ones every step; the whole validation set when it is smaller. More batches, a truer "
+        "validation loss; each one costs a forward pass per step.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> LRRangeSpec:
         if self.min_lr >= self.max_lr:
             raise ValueError(f"min_lr ({self.min_lr:g}) must be below max_lr ({self.max_lr:g})")
+        if "val_batches" in self.model_fields_set and self.loss != "validation":
+            raise ValueError('val_batches applies only with loss "validation"; set loss to "validation" or drop it')
         return self
 
 
@@ -186,6 +204,11 @@ class JobSpec(Strict):
     def _fits_the_data(self) -> JobSpec:
         if isinstance(self.dataset, BuiltinDatasetSpec):  # uploads are checked by the service, plugins by the worker
             self.resolve_for(self.dataset.shape())
+            if self.lr_range.loss == "validation" and self.dataset.validation_fraction == 0:
+                raise ValueError(
+                    'lr_range.loss "validation" needs validation samples, but dataset.validation_fraction is 0; '
+                    "set it above 0 (the default is 0.2)"
+                )
         return self
 
     def resolve_for(self, shape: DataShape) -> None:

@@ -41,7 +41,7 @@ ModelSpec = Annotated[
 
 LABEL_KEY = r"^[A-Za-z0-9_.\-]{1,64}$"
 LossName = Literal["cross_entropy", "mse", "l1", "bce_with_logits", "nll"]
-MAX_VAL_BATCHES = 256  # lr_range.val_batches: validation batches per step of a validation-loss sweep
+DEFAULT_VAL_BATCHES, MAX_VAL_BATCHES = 4, 256  # lr_range.val_batches: per step of a validation-loss sweep
 
 
 class PluginLoss(PluginRef):
@@ -68,20 +68,22 @@ class LRRangeSpec(Strict):
         "running batch-norm statistics), for tasks whose training loss misleads (heavy augmentation, dropout, "
         "label noise). Costs one forward pass over those batches per step, on top of the step.",
     )
-    val_batches: int = Field(
-        4,
+    val_batches: int | None = Field(
+        None,
         ge=1,
         le=MAX_VAL_BATCHES,
-        description="loss: validation only. Validation batches (of batch_size samples) evaluated after each "
-        "step, the same ones every step; the whole validation set when it is smaller. More batches, a truer "
-        "validation loss; each one costs a forward pass per step.",
+        description=f"loss: validation only (default {DEFAULT_VAL_BATCHES} there; null with training). Validation "
+        "batches of batch_size samples evaluated after each step, the same ones every step; the whole validation "
+        "set when it is smaller. More batches, a truer validation loss; each one costs a forward pass per step.",
     )
 
     @model_validator(mode="after")
     def _ordered(self) -> LRRangeSpec:
         if self.min_lr >= self.max_lr:
             raise ValueError(f"min_lr ({self.min_lr:g}) must be below max_lr ({self.max_lr:g})")
-        if "val_batches" in self.model_fields_set and self.loss != "validation":
+        if self.loss == "validation" and self.val_batches is None:
+            self.val_batches = DEFAULT_VAL_BATCHES
+        elif self.loss == "training" and self.val_batches is not None:
             raise ValueError('val_batches applies only with loss "validation"; set loss to "validation" or drop it')
         return self
 

@@ -123,6 +123,7 @@ class JobContext:
         seed = self.spec.seed if seed is None else seed
         val_batches = None
         if sweep.loss == "validation":
+            assert sweep.val_batches is not None  # the spec fills it in for validation
             val_batches = list(itertools.islice(self.data.val_batches(batch_size), sweep.val_batches))
             if not val_batches:
                 raise JobError(

@@ -32,6 +32,7 @@ RC = {
     "grid.alpha": 0.3,
 }
 RULE_MARKERS = "ovs^DPX*hp"
+YLABELS = {"training": "training loss", "validation": "validation loss (after each step)"}  # by Curve.loss_kind
 _lock = threading.Lock()
 
 
@@ -86,7 +87,7 @@ def lr_range(fig: Figure, result: Result) -> None:
     low, high = _loss_limits(loss, smoothed)
     ax.set_ylim(low, high)
     ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel(YLABELS[curve.loss_kind])
     if rec is not None:
         ax.set_title(f"LR range test: {rec.lr:.3g} recommended ({rec.schedule} schedule)\n"
                      f"rule {rec.rule}, {rec.confidence} confidence", loc="left")  # fmt: skip

@@ -139,3 +139,13 @@ def test_standard_confirms_exactly_when_the_sweeps_disagree(dataset):
     assert (rec.confirmation is not None) == (rec.confidence != "high")
     if rec.confirmation:
         assert rec.rule.endswith("+confirm")
+
+
+def test_a_validation_loss_job_says_which_loss_its_curves_are():
+    """Three sweeps on the validation loss: the median curve and each sweep's own say so."""
+    spec = job(lr_range={**QUICK, "loss": "validation", "val_batches": 2}, train_steps=40)
+    result = advise(spec)
+    assert result.sweeps == 3 and result.curve is not None and result.sweep_curves is not None
+    assert result.curve.loss_kind == "validation"
+    assert [c.loss_kind for c in result.sweep_curves] == ["validation"] * 3
+    assert advise(job(lr_range={**QUICK, "thoroughness": "quick"})).curve.loss_kind == "training"

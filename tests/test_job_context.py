@@ -22,6 +22,7 @@ class WatchedJob(JobContext):
     """A real job context whose models record, at every training-mode forward pass, how it ran."""
 
     seen: list[dict]
+    evaluated: list[dict]  # the validation passes, in eval mode
 
     def fresh(self, lr, seed=None):
         model, optimizer = super().fresh(lr, seed)
@@ -32,6 +33,8 @@ class WatchedJob(JobContext):
                     "autocast": torch.is_autocast_enabled("cpu"), "dtype": out.dtype, "batch": len(args[0]),
                     "channels_last": args[0].dim() == 4 and args[0].is_contiguous(memory_format=torch.channels_last),
                 })  # fmt: skip
+            else:
+                self.evaluated.append({"autocast": torch.is_autocast_enabled("cpu"), "x": args[0]})
 
         model.register_forward_hook(record)  # deep copies made by the range test keep the hook
         return model, optimizer
@@ -47,7 +50,7 @@ def watched(**spec) -> WatchedJob:
     }
     job = JobContext.build(JobSpec.model_validate({**base, **spec}))
     watched_job = WatchedJob(**vars(job))
-    watched_job.seen = []
+    watched_job.seen, watched_job.evaluated = [], []
     return watched_job
 
 
@@ -124,3 +127,29 @@ def test_every_probe_seeds_its_model_the_same_way():
     b, _ = job.fresh(0.5, seed=3)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     assert math.isfinite(job.train(0.05, 5))
+
+
+def test_a_validation_sweep_evaluates_the_first_val_batches_after_each_step_in_the_jobs_precision():
+    sweep = {"num_steps": 10, "batch_size": 16, "loss": "validation", "val_batches": 3}
+    job = watched(precision="bf16", grad_accumulation_steps=2, lr_range=sweep)
+    result = job.range_test(16)
+    assert (result.loss_kind, result.steps_run) == ("validation", 10)
+    assert len(job.seen) == 10 * 2 and all(s["autocast"] for s in job.seen)
+    first_three = [x for x, _ in job.data.val_batches(16)][:3]
+    assert len(job.evaluated) == 10 * 3 and all(e["autocast"] for e in job.evaluated)
+    for i, e in enumerate(job.evaluated):  # the same three batches of 16, after every step
+        assert torch.equal(e["x"], first_three[i % 3])
+    assert job.range_test(16, seed=1).loss_kind == "validation"
+    job.spec.lr_range = job.spec.lr_range.model_copy(update={"loss": "training"})
+    assert job.range_test(16).loss_kind == "training"
+
+
+def test_a_validation_sweep_without_validation_samples_fails_the_job_with_what_to_change():
+    from lrbs.contract.job_spec import LRRangeSpec
+    from lrbs.worker.errors import JobError
+
+    job = watched(dataset={"name": "synthetic_classification", "params": {"n_samples": 128}, "validation_fraction": 0})
+    job.spec.lr_range = LRRangeSpec(loss="validation", num_steps=10, batch_size=16)  # as an upload or a plugin could
+    with pytest.raises(JobError, match="validation_fraction above 0"):
+        job.range_test(16)
+    assert job.seen == []  # refused before any step

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from lrbs.worker.probes.lr_range import lr_range_test, lr_schedule
+from lrbs.worker.probes.lr_range import RangeResult, lr_range_test, lr_schedule
 from lrbs.worker.probes.step import StepSettings
+from lrbs.worker.probes.train import evaluate
 
 CE = nn.functional.cross_entropy
 
@@ -610,3 +611,140 @@ def test_fp16_on_cuda_gives_a_finite_curve_close_to_fp32() -> None:
     assert results["fp16"].steps_run == 20
     assert all(math.isfinite(v) for v in results["fp16"].losses)
     assert results["fp16"].losses[:5] == pytest.approx(results["fp32"].losses[:5], rel=0.05)
+
+
+# --- validation loss (lr_range.loss: "validation") -------------------------------------------------
+
+
+def noisy_task(noise: float = 0.4, seed: int = 0) -> tuple[list, list]:
+    """The blobs of make_batches: 8 training batches with `noise` of their labels redrawn at random, and 2
+    clean validation batches. The training loss cannot fall below the noise's entropy; the validation loss can."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(3, 8, generator=g) * 2
+
+    def draw(noisy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.randint(0, 3, (32,), generator=g)
+        x = centers[y] + torch.randn(32, 8, generator=g)
+        if noisy:
+            y = torch.where(torch.rand(32, generator=g) < noise, torch.randint(0, 3, (32,), generator=g), y)
+        return x, y
+
+    return [draw(True) for _ in range(8)], [draw(False) for _ in range(2)]
+
+
+def dropout_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 3))
+
+
+def sweep(loss: str, **kwargs) -> RangeResult:
+    """One sweep of dropout_model on noisy_task, on the training or the validation loss."""
+    model, (train, val) = dropout_model(), noisy_task()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return lr_range_test(model, CE, opt, train, val_batches=val if loss == "validation" else None, **kwargs)
+
+
+def test_the_training_loss_is_the_default_and_says_so() -> None:
+    model, opt, batches = warmed_up()
+    result = lr_range_test(model, CE, opt, batches, max_lr=1e-2, num_steps=10)
+    assert result.loss_kind == "training"
+    assert lr_range_test(model, CE, opt, batches, max_lr=1e-2, num_steps=10, val_batches=batches).loss_kind == (
+        "validation"
+    )
+
+
+def test_each_validation_point_is_the_validation_loss_after_its_step() -> None:
+    """Replayed by hand: step at each LR (batch-norm in training mode), then evaluate the validation batches."""
+    model, opt, batches = warmed_up()
+    val = make_batches(n_batches=2, batch_size=24, seed=1)
+    result = lr_range_test(
+        model, CE, opt, batches, min_lr=1e-2, max_lr=1.0, num_steps=6, smoothing=0.0, val_batches=val
+    )
+    assert (result.loss_kind, result.steps_run) == ("validation", 6)
+
+    by_hand_model, by_hand_opt = copy.deepcopy((model, opt))  # one deepcopy keeps params and state linked
+    before_each_step, expected = [], []
+    for i, lr in enumerate(result.lrs):
+        x, y = batches[i % len(batches)]
+        before_each_step.append(evaluate(by_hand_model, CE, val))
+        by_hand_opt.param_groups[0]["lr"] = lr
+        by_hand_opt.zero_grad(set_to_none=True)
+        CE(by_hand_model(x), y).backward()
+        by_hand_opt.step()
+        expected.append(evaluate(by_hand_model, CE, val))
+    assert by_hand_model.training  # evaluate gives the mode back
+    assert result.losses == pytest.approx(expected, rel=1e-6)
+    assert result.smoothed == result.losses  # smoothing 0
+    # Not vacuous: the LRs move the validation loss, so a point taken before its step would not match.
+    assert result.losses[1:] != pytest.approx(before_each_step[1:], rel=1e-3)
+
+
+def test_validation_passes_run_in_eval_mode_without_grad_between_training_steps() -> None:
+    k = 2
+    model, opt, batches = warmed_up()
+    before = snapshot(model, opt)
+    seen: list[tuple[bool, bool]] = []
+    hook = model.register_forward_pre_hook(lambda module, args: seen.append((module.training, torch.is_grad_enabled())))
+    val = make_batches(n_batches=3, seed=1)
+    result = lr_range_test(
+        model, CE, opt, batches, max_lr=1e-2, num_steps=4, val_batches=val,
+        step_settings=StepSettings(grad_accumulation_steps=k),
+    )  # fmt: skip
+    hook.remove()
+    assert result.steps_run == 4
+    step = [(True, True)] * k + [(False, False)] * len(val)  # k training micro-batches, then every validation batch
+    assert seen == step * 4
+    assert_unchanged(before, model, opt)  # the caller's model and optimizer, as ever, untouched
+
+
+def test_the_validation_loss_has_no_dropout_noise() -> None:
+    """At LRs too small to move the weights, the validation points agree (dropout off, the same batches every
+    step), while the training losses swing with dropout and the batch."""
+    tiny = {"min_lr": 1e-8, "max_lr": 1e-7, "num_steps": 20, "smoothing": 0.0}
+    validation, training = sweep("validation", **tiny), sweep("training", **tiny)
+    assert max(validation.losses) - min(validation.losses) < 1e-3
+    assert max(training.losses) - min(training.losses) > 0.1
+
+
+def test_with_noisy_labels_and_dropout_the_validation_curve_falls_below_the_training_curve() -> None:
+    """The case the option is for: the training loss stays at the label noise's floor, the validation loss
+    (clean labels, no dropout) shows how far the model really got, and where it turns."""
+    wide = {"min_lr": 1e-3, "max_lr": 10.0, "num_steps": 60}
+    validation, training = sweep("validation", **wide), sweep("training", **wide)
+    assert min(validation.smoothed) < 0.7 * min(training.smoothed)
+    assert min(validation.losses) < 0.4 < 0.6 < min(training.losses)
+
+
+def test_a_validation_sweep_still_stops_when_it_diverges() -> None:
+    result = sweep("validation", min_lr=1e-3, max_lr=100.0, num_steps=80)
+    assert (result.stop_reason, result.loss_kind) == ("diverged", "validation")
+    assert result.stopped_at is not None and result.stopped_at < 79
+    assert result.smoothed[-1] > 4 * min(result.smoothed[:-1])
+
+
+def test_a_validation_loss_that_turns_nan_stops_with_non_finite() -> None:
+    """The loss function turns NaN at its 7th call: the 4th step's validation pass (each step: 1 training
+    call, then 1 validation call). That step's point is the first not recorded."""
+    model, opt, batches = warmed_up()
+    result = lr_range_test(
+        model, NanAtCall(6), opt, batches, max_lr=1e-2, num_steps=10, val_batches=batches[:1], check_every=5
+    )
+    assert (result.stop_reason, result.stopped_at, len(result.losses)) == ("non_finite", 3, 3)
+
+
+def test_empty_validation_batches_are_refused() -> None:
+    model, opt, batches = warmed_up()
+    with pytest.raises(ValueError, match="val_batches yielded nothing"):
+        lr_range_test(model, CE, opt, batches, num_steps=10, val_batches=[])
+
+
+def test_evaluate_is_the_mean_loss_per_sample_in_eval_mode() -> None:
+    """The confirmation trainings and the benchmarks score with evaluate: its numbers must not move."""
+    model, _, _ = warmed_up()
+    val = [*make_batches(n_batches=2, batch_size=24, seed=1), *make_batches(n_batches=1, batch_size=7, seed=2)]
+    model.eval()
+    with torch.no_grad():
+        by_hand = sum(float(CE(model(x), y)) * len(x) for x, y in val) / sum(len(x) for x, _ in val)
+    model.train()
+    assert evaluate(model, CE, val) == by_hand  # to the bit: summed in float64, in batch order
+    assert model.training

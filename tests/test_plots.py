@@ -65,6 +65,14 @@ def test_the_lr_range_plot_shows_the_sweeps_every_rule_and_the_advice(result):
         assert f"diverged at {result.diverged_at_lr:.3g}" in text
 
 
+def test_the_loss_axis_names_the_loss_the_curve_is(result):
+    assert result.curve is not None and result.curve.loss_kind == "training"
+    assert "training loss" in svg_text(plots.render(result, "lr_range", "svg"))
+    validation = result.model_copy(update={"curve": result.curve.model_copy(update={"loss_kind": "validation"})})
+    text = svg_text(plots.render(validation, "lr_range", "svg"))
+    assert "validation loss (after each step)" in text and "training loss" not in text
+
+
 def test_the_batch_size_plot_shows_each_panel_and_the_chosen_batch(result):
     advice = result.batch_advice
     assert advice is not None

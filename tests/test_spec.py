@@ -159,3 +159,36 @@ def test_the_contract_and_the_service_import_without_torch():
     code = "import sys, lrbs.contract.job_spec, lrbs.contract.results, lrbs.service.app; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_range_test_records_the_training_loss_unless_asked():
+    job = JobSpec.model_validate(spec())
+    assert (job.lr_range.loss, job.lr_range.val_batches) == ("training", None)
+    job = JobSpec.model_validate(spec(lr_range={"loss": "validation", "val_batches": 16}))
+    assert (job.lr_range.loss, job.lr_range.val_batches) == ("validation", 16)
+    job = JobSpec.model_validate(spec(lr_range={"loss": "validation"}))
+    assert job.lr_range.val_batches == 4
+    for stored in (job, JobSpec.model_validate(spec())):  # a stored spec is read back as it was submitted
+        assert JobSpec.model_validate(stored.model_dump(mode="json")) == stored
+
+
+@pytest.mark.parametrize(
+    ("lr_range", "expected"),
+    [
+        ({"loss": "val"}, "Input should be 'training' or 'validation'"),
+        ({"loss": "validation", "val_batches": 0}, "greater than or equal to 1"),
+        ({"loss": "validation", "val_batches": 257}, "less than or equal to 256"),
+        ({"loss": "validation", "val_batches": 2.5}, "valid integer"),
+        ({"val_batches": 8}, 'val_batches applies only with loss "validation"'),
+        ({"loss": "training", "val_batches": 8}, 'val_batches applies only with loss "validation"'),
+    ],
+)
+def test_bad_validation_sweep_settings_say_what_is_accepted(lr_range, expected):
+    assert expected in errors_of(spec(lr_range=lr_range))
+
+
+def test_a_validation_sweep_needs_validation_samples():
+    data = {"name": "synthetic_classification", "params": {"n_samples": 512}, "validation_fraction": 0}
+    message = errors_of(spec(dataset=data, lr_range={"loss": "validation"}))
+    assert "dataset.validation_fraction is 0" in message and "above 0" in message
+    JobSpec.model_validate(spec(dataset=data))  # the training loss needs none

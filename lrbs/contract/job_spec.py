@@ -43,6 +43,7 @@ MAX_WORLD_SIZE = 65_536
 DEFAULT_INTERCONNECT_GBPS = 50.0  # GB/s of all-reduce bus bandwidth per device: a 400 Gb/s NIC per GPU
 LABEL_KEY = r"^[A-Za-z0-9_.\-]{1,64}$"
 LossName = Literal["cross_entropy", "mse", "l1", "bce_with_logits", "nll"]
+DEFAULT_VAL_BATCHES, MAX_VAL_BATCHES = 4, 256  # lr_range.val_batches: per step of a validation-loss sweep
 
 
 class PluginLoss(PluginRef):
@@ -62,11 +63,30 @@ class LRRangeSpec(Strict):
         description="quick: one sweep; standard: the median of 3 sweeps (seeds seed, seed+1, seed+2), "
         "plus 3 short confirmation trainings when the sweeps disagree; thorough: always confirm.",
     )
+    loss: Literal["training", "validation"] = Field(
+        "training",
+        description="The loss the curve records. training: each step's own batch loss (free). validation: "
+        "after each step, the loss on the first `val_batches` validation batches, in eval mode (no dropout, "
+        "running batch-norm statistics), for tasks whose training loss misleads (heavy augmentation, dropout, "
+        "label noise). Costs one forward pass over those batches per step, on top of the step.",
+    )
+    val_batches: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_VAL_BATCHES,
+        description=f"loss: validation only (default {DEFAULT_VAL_BATCHES} there; null with training). Validation "
+        "batches of batch_size samples evaluated after each step, the same ones every step; the whole validation "
+        "set when it is smaller. More batches, a truer validation loss; each one costs a forward pass per step.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> LRRangeSpec:
         if self.min_lr >= self.max_lr:
             raise ValueError(f"min_lr ({self.min_lr:g}) must be below max_lr ({self.max_lr:g})")
+        if self.loss == "validation" and self.val_batches is None:
+            self.val_batches = DEFAULT_VAL_BATCHES
+        elif self.loss == "training" and self.val_batches is not None:
+            raise ValueError('val_batches applies only with loss "validation"; set loss to "validation" or drop it')
         return self
 
 
@@ -223,6 +243,11 @@ class JobSpec(Strict):
     def _fits_the_data(self) -> JobSpec:
         if isinstance(self.dataset, BuiltinDatasetSpec):  # uploads are checked by the service, plugins by the worker
             self.resolve_for(self.dataset.shape())
+            if self.lr_range.loss == "validation" and self.dataset.validation_fraction == 0:
+                raise ValueError(
+                    'lr_range.loss "validation" needs validation samples, but dataset.validation_fraction is 0; '
+                    "set it above 0 (the default is 0.2)"
+                )
         return self
 
     def resolve_for(self, shape: DataShape) -> None:

@@ -50,7 +50,9 @@ class Progress(Model):
     total: int = 0
     fraction: float = Field(0.0, ge=0, le=1)
     lr: float | None = Field(None, description="lr_range: the LR of the latest step.")
-    loss: float | None = Field(None, description="lr_range: the latest smoothed loss.")
+    loss: float | None = Field(
+        None, description="lr_range: the latest smoothed loss (of the kind lr_range.loss names)."
+    )
 
 
 ErrorKind = Literal[

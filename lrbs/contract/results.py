@@ -14,6 +14,11 @@ class Curve(Model):
     lr: list[float]
     loss: list[float]
     smoothed_loss: list[float]
+    loss_kind: Literal["training", "validation"] = Field(
+        "training",
+        description="Which loss `loss` and `smoothed_loss` are (the spec's lr_range.loss): training, each "
+        "step's own batch loss; validation, the loss on the validation batches just after each step.",
+    )
 
 
 class SuggestionOut(Model):

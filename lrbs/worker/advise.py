@@ -59,8 +59,8 @@ def advise(
     if spec.batch_sizes is not None:
         batch_advice = advise_batch_size(job, choice.lr, headroom=memory_headroom)
     return Result(
-        curve=Curve(lr=curve.lrs, loss=curve.losses, smoothed_loss=curve.smoothed),
-        sweep_curves=[Curve(lr=c.lrs, loss=c.losses, smoothed_loss=c.smoothed) for c in curves],
+        curve=as_curve(curve),
+        sweep_curves=[as_curve(c) for c in curves],
         suggestions={name: SuggestionOut(lr=g.lr, reason=g.reason) for name, g in suggestions.items()},
         recommendation=recommendation(
             choice, spec, min(sweep.batch_size, job.data.n_train), curve, train_steps, confirmation
@@ -98,6 +98,10 @@ def sweeps(job: JobContext) -> list[RangeResult]:
     return curves
 
 
+def as_curve(result: RangeResult) -> Curve:
+    return Curve(lr=result.lrs, loss=result.losses, smoothed_loss=result.smoothed, loss_kind=result.loss_kind)
+
+
 def median_curve(curves: list[RangeResult]) -> RangeResult:
     """Several sweeps → one curve: the per-step median over the steps every sweep reached.
 
@@ -117,6 +121,7 @@ def median_curve(curves: list[RangeResult]) -> RangeResult:
         stopped_at=shortest.stopped_at,
         steps_run=sum(c.steps_run for c in curves),
         wall_time_s=sum(c.wall_time_s for c in curves),
+        loss_kind=shortest.loss_kind,
     )
 
 

@@ -7,6 +7,7 @@ precision, gradient accumulation, clipping and memory format apply everywhere, t
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
@@ -121,15 +122,27 @@ class JobContext:
     def range_test(
         self, batch_size: int, seed: int | None = None, on_progress: RangeProgress | None = None
     ) -> RangeResult:
-        """One LR range test with the spec's sweep settings, on a fresh model, at this micro-batch size."""
+        """One LR range test with the spec's sweep settings, on a fresh model, at this micro-batch size.
+
+        With lr_range.loss "validation", each point is the loss on the first `val_batches` validation
+        batches of this size (the same ones every step), evaluated after the step."""
         sweep = self.spec.lr_range
         seed = self.spec.seed if seed is None else seed
+        val_batches = None
+        if sweep.loss == "validation":
+            assert sweep.val_batches is not None  # the spec fills it in for validation
+            val_batches = list(itertools.islice(self.data.val_batches(batch_size), sweep.val_batches))
+            if not val_batches:
+                raise JobError(
+                    'lr_range.loss "validation" needs validation samples, but this dataset has none; '
+                    "set dataset.validation_fraction above 0 (or upload x_val and y_val)"
+                )
         model, optimizer = self.fresh(sweep.min_lr, seed)
         result = lr_range_test(
             model, self.loss_fn, optimizer, self.data.batches(batch_size, seed),
             min_lr=sweep.min_lr, max_lr=sweep.max_lr, num_steps=sweep.num_steps, mode=sweep.mode,
             smoothing=sweep.smoothing, diverge_factor=sweep.diverge_factor, on_progress=on_progress,
-            step_settings=self.step_settings,
+            step_settings=self.step_settings, val_batches=val_batches,
         )  # fmt: skip
         self.report.add_steps(result.steps_run)
         return result

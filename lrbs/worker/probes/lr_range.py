@@ -15,6 +15,13 @@ and read back in one go (one stack, one sync), and smoothing and the stop rules 
 The step itself is the one a training pipeline would run (`probes/step.py`: precision, gradient
 accumulation, clipping, channels-last), so the curve is the one it will see. With accumulation, a
 point's loss is the mean over its micro-batches.
+
+Validation loss (Smith's original test; pytorch-lr-finder's `val_loader`): given `val_batches`, a point's
+loss is instead the mean loss per sample over those batches right after its step, in eval mode and
+without grad (`probes/train.py` `validation_loss`), for tasks whose training loss misleads (dropout,
+heavy augmentation, label noise). It costs a forward pass over `val_batches` per step; it stays on the
+device like the training loss, so it adds no host sync either. It is smoothed and checked for divergence
+exactly as the training loss is (pytorch-lr-finder smooths it too, with its default `smooth_f`).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from torch import nn
 
 from lrbs.worker.probes.batches import forever
 from lrbs.worker.probes.step import LossFn, StepSettings, TrainingStep, device_of
+from lrbs.worker.probes.train import validation_loss
 
 # on_progress(steps_done, total, latest_lr, latest_smoothed_loss); the last two are None before the first point.
 RangeProgress = Callable[[int, int, float | None, float | None], None]
@@ -40,12 +48,13 @@ RangeProgress = Callable[[int, int, float | None, float | None], None]
 @dataclass
 class RangeResult:
     lrs: list[float]  # lr of each recorded step
-    losses: list[float]  # raw training loss per step
+    losses: list[float]  # raw loss per step: the step's training loss, or the validation loss after it
     smoothed: list[float]  # debiased EMA per step
     stop_reason: str  # "completed" | "diverged" | "non_finite"
     stopped_at: int | None  # step that triggered the stop (curve includes it for diverged, not non_finite)
     steps_run: int  # optimizer steps actually taken (can pass stopped_at: the stop is seen per chunk)
     wall_time_s: float
+    loss_kind: str  # "training" | "validation": which loss `losses` and `smoothed` are
 
 
 def lr_schedule(min_lr: float, max_lr: float, num_steps: int, mode: str = "exponential") -> list[float]:
@@ -84,13 +93,16 @@ def lr_range_test(
     check_every: int = 10,
     on_progress: RangeProgress | None = None,
     step_settings: StepSettings | None = None,
+    val_batches: Iterable[tuple[Any, Any]] | None = None,
 ) -> RangeResult:
     """Run the LR range test on a copy of `model` and `optimizer`; see the module docstring.
 
     Stops early when the smoothed loss exceeds `diverge_factor` × the best smoothed loss so far
     (from the second step on), or when a loss is not finite. `on_progress(step_done, total, lr, smoothed_loss)` is
     called once per chunk of `check_every` steps; an exception it raises propagates.
-    Each of the `num_steps` LR points is one optimizer step, run as `step_settings` say.
+    Each of the `num_steps` LR points is one optimizer step, run as `step_settings` say. With `val_batches`
+    (re-iterable, evaluated whole after every step: pass a few batches), each point's loss is the
+    validation loss after its step.
     """
     if not 0 <= smoothing < 1:
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
@@ -99,6 +111,8 @@ def lr_range_test(
     step_settings = step_settings or StepSettings()
     step_settings.check_device(device_of(model))
     lrs = lr_schedule(min_lr, max_lr, num_steps, mode)
+    if val_batches is not None and not any(True for _ in val_batches):
+        raise ValueError("val_batches yielded nothing; pass a re-iterable (list, DataLoader) with at least one batch")
 
     t0 = time.perf_counter()
     model, optimizer = _copy_for_probe(model, optimizer)
@@ -116,7 +130,11 @@ def lr_range_test(
     steps_run = 0
     for step, lr in enumerate(lrs):
         step_fn.set_lr(lr)
-        chunk.append(step_fn(data))
+        loss = step_fn(data)
+        if val_batches is not None:
+            with step_fn.autocast:
+                loss = validation_loss(model, loss_fn, val_batches, step_fn.settings, step_fn.device)
+        chunk.append(loss)
         steps_run = step + 1
 
         if steps_run % check_every and steps_run < num_steps:
@@ -157,6 +175,7 @@ def lr_range_test(
         stopped_at=stopped_at,
         steps_run=steps_run,
         wall_time_s=time.perf_counter() - t0,
+        loss_kind="training" if val_batches is None else "validation",
     )
 
 

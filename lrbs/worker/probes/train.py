@@ -20,7 +20,6 @@ from lrbs.worker.probes.step import LossFn, StepSettings, TrainingStep, device_o
 CHECK_EVERY = 25  # steps between divergence checks (one host sync each)
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     loss_fn: LossFn,
@@ -30,16 +29,32 @@ def evaluate(
 ) -> float:
     """Mean loss per sample over the validation set (inf if it is not finite)."""
     settings, device = step_settings or StepSettings(), device or device_of(model)
+    mean = float(validation_loss(model, loss_fn, val_batches, settings, device))
+    return mean if math.isfinite(mean) else math.inf
+
+
+@torch.no_grad()
+def validation_loss(
+    model: nn.Module,
+    loss_fn: LossFn,
+    val_batches: Iterable[tuple[Tensor, Tensor]],
+    settings: StepSettings,
+    device: torch.device,
+) -> Tensor:
+    """Mean loss per sample over `val_batches`, in eval mode (the model's mode is restored after), without grad.
+
+    A float64 tensor on the device, summed in batch order: nothing is read back, so a caller can keep it
+    without a host sync (the range test reads its validation losses back with its chunk). 0 when empty.
+    """
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     for x, y in val_batches:
         x, y = settings.to_device(x, y, device)
-        total += float(loss_fn(model(x), y)) * len(x)
+        total += loss_fn(model(x), y).double().reshape(()) * len(x)
         count += len(x)
     model.train(was_training)
-    mean = total / max(count, 1)
-    return mean if math.isfinite(mean) else math.inf
+    return total / max(count, 1)
 
 
 def training(

@@ -69,6 +69,17 @@ def test_the_same_idempotency_key_and_body_replay_the_first_job(client):
     assert client.post("/v1/jobs", json=QUICK, headers={"Idempotency-Key": "k2"}).json()["id"] != first.json()["id"]
 
 
+def test_an_idempotency_digest_leaves_out_defaults_so_upgrades_keep_retries_matching():
+    from lrbs.contract.job_spec import JobSpec
+    from lrbs.service.idempotency import body_digest
+
+    sent = JobSpec.model_validate(QUICK)
+    explicit = JobSpec.model_validate({**QUICK, "world_size": 1})
+    assert body_digest(sent) != body_digest(explicit)  # what was sent counts ...
+    assert "world_size" not in sent.model_dump_json(exclude_unset=True)  # ... a default that was not sent does not
+    assert body_digest(sent) == body_digest(JobSpec.model_validate(QUICK))
+
+
 def test_concurrent_submits_with_one_key_make_one_job(client):
     import threading
 

@@ -19,7 +19,9 @@ def record_id(caller: Caller, key: str) -> str:
 
 
 def body_digest(spec: JobSpec) -> str:
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+    """What the client sent, validated: fields left at their defaults are left out, so a retry of the same body
+    still matches after an upgrade adds a field with a default."""
+    return hashlib.sha256(spec.model_dump_json(exclude_unset=True).encode()).hexdigest()
 
 
 def replay(session: Session, caller: Caller, key: str, digest: str) -> JobRow | None:

@@ -140,7 +140,7 @@ def _for_lambda(noise: np.ndarray, sizes: np.ndarray, lam: float) -> np.ndarray:
     return sizes[np.argmin(cost, axis=1)]
 
 
-def _merge_short(batch: np.ndarray, d_tau: np.ndarray, noise: np.ndarray) -> np.ndarray:
+def merge_short(batch: np.ndarray, d_tau: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """Merge stages shorter than MIN_STAGE_SHARE of the steps into the next (larger) stage."""
     batch = batch.copy()
     while True:
@@ -171,11 +171,13 @@ def plan(
     fixed_batch: int,
     train_steps: int,
     step_time: dict[int, float] | None = None,
+    min_saving: float = MIN_STEP_SAVING,
 ) -> Plan:
     """A batch-size schedule over `candidates` (effective batches) against `fixed_batch` for `train_steps`.
 
     `points`: the noise scale measured during a training at `probe_batch`. `step_time`: seconds per optimizer
-    step of each candidate (None: wall time is not predicted or constrained).
+    step of each candidate (None: wall time is not predicted or constrained). A schedule saving less than
+    `min_saving` of the steps is declined.
     """
     steps, noise_fit = fitted(points)
     if len(steps) < MIN_POINTS:
@@ -190,6 +192,9 @@ def plan(
         intervals = f"[{first.low:.3g}, {first.high:.3g}] and [{last.low:.3g}, {last.high:.3g}]"
         return Plan([], f"the noise scale's growth ({first.b_noise:.3g} → {last.b_noise:.3g}) is inside its 95% "
                     f"intervals ({intervals})")  # fmt: skip
+    if fixed_batch >= max(candidates):
+        return Plan([], f"the fixed batch {fixed_batch} is the largest candidate: any schedule through smaller "
+                    "batches takes more optimizer steps")  # fmt: skip
     sizes = np.array(sorted({*candidates, fixed_batch}), dtype=float)
     times = step_time if step_time and all(step_time.get(int(b)) for b in sizes) else None
     d_tau, noise = horizon(*cells(steps, noise_fit, probe_batch), fixed_batch, train_steps)
@@ -198,7 +203,7 @@ def plan(
     best: tuple[Totals, np.ndarray] | None = None
     lo, hi = noise.min() / sizes.max() ** 2 / 10, noise.max() / sizes.min() ** 2 * 10
     for lam in np.geomspace(lo, hi, LAMBDAS):
-        batch = _merge_short(_for_lambda(noise, sizes, lam), d_tau, noise)
+        batch = merge_short(_for_lambda(noise, sizes, lam), d_tau, noise)
         t = totals(d_tau, noise, batch, times)
         affordable = t.samples <= fixed.samples * (1 + 1e-9)
         if times is not None and t.time_s is not None and fixed.time_s is not None:
@@ -213,9 +218,9 @@ def plan(
     found = Plan(stages, "", schedule, fixed)
     saving = found.step_saving or 0.0
     grew = f"the noise scale grows from {noise_fit[0]:.3g} to {noise_fit[-1]:.3g} over {steps[-1]} steps"
-    if len(stages) < 2 or saving < MIN_STEP_SAVING:
+    if len(stages) < 2 or saving < min_saving:
         return Plan([], f"{grew}, but the best schedule saves only {saving:.0%} of the optimizer steps against "
-                    f"the fixed batch {fixed_batch} (advised from {MIN_STEP_SAVING:.0%})", schedule, fixed)  # fmt: skip
+                    f"the fixed batch {fixed_batch} (advised from {min_saving:.0%})", schedule, fixed)  # fmt: skip
     path = " → ".join(str(s.batch) for s in stages)
     time = f" and {found.time_saving:.0%} of the wall time" if found.time_saving is not None else ""
     reason = (

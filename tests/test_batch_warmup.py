@@ -92,6 +92,11 @@ def test_growth_inside_the_intervals_is_declined():
     assert plan.stages == [] and "inside its 95% intervals" in plan.reason
 
 
+def test_a_fixed_batch_that_is_the_largest_candidate_is_declined():
+    plan = bs.plan(trajectory(growing), 32, SIZES, fixed_batch=1024, train_steps=1000, step_time=AFFINE_TIME)
+    assert plan.stages == [] and "the largest candidate" in plan.reason
+
+
 def test_too_few_measurable_points_are_declined():
     points = [bs.Point(0, 5.0), bs.Point(10, None), bs.Point(30, None), bs.Point(100, 50.0)]
     plan = bs.plan(points, 32, SIZES, 64, 1000, AFFINE_TIME)
@@ -142,7 +147,8 @@ def test_a_real_job_returns_a_trajectory_and_a_schedule_or_a_reason():
     assert advice.batch_schedule_reason
     schedule = advice.batch_schedule
     if schedule is None:
-        assert any(w in advice.batch_schedule_reason for w in ("saves only", "hardly grows", "no schedule", "inside"))
+        declines = ("saves only", "hardly grows", "no schedule", "inside its", "largest candidate", "measurable at")
+        assert any(w in advice.batch_schedule_reason for w in declines)
     else:
         assert schedule.stages[0].from_step == 0 and len(schedule.stages) >= 2
         assert schedule.step_saving >= bs.MIN_STEP_SAVING and schedule.fixed_batch_size == advice.batch_size

@@ -351,45 +351,56 @@ def main() -> None:
         summary.append((name, advice, scores))
 
     print("\n## Summary\n")
-    print("| task | lrbs advice | predicted step saving | fastest fixed: batch, steps, final loss | fewest steps at no "
-          "worse loss: batch, steps, final loss | schedule: steps, final loss | B ≈ B_noise: steps, final loss "
-          "| goal |")  # fmt: skip
-    print("|---|---|---:|---|---|---|---|---|")
+    print(f"Steps and time to the target, and final loss; means over seeds {SEEDS}, each at its tuned LR.\n")
+    print("| task | B_noise along the trajectory (step: B_noise) | lrbs advice | fastest fixed batch | fewest steps at "
+          "no worse loss | lrbs schedule | B ≈ B_noise warm-up | verdict |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for name, advice, scores in summary:
-        fixed = {k: v for k, v in scores.items() if k.startswith("fixed")}
-        fastest = min(fixed, key=lambda k: fixed[k].time_s)
+        fixed = {int(k.split()[1]): v for k, v in scores.items() if k.startswith("fixed")}
+        fastest = min(fixed, key=lambda b: fixed[b].time_s)
         ok_loss = min(v.final for v in fixed.values()) * (1 + FINAL_TOLERANCE)
-        good = {k: v for k, v in fixed.items() if v.final <= ok_loss}
-        fewest = min(good, key=lambda k: good[k].steps)
+        good = {b: v for b, v in fixed.items() if v.final <= ok_loss}
+        fewest = min(good, key=lambda b: good[b].steps)
         tried = "lrbs schedule" if advice["schedule"] else "planner, no threshold"
-        sched = scores.get(tried)
-        follow = scores.get("B ≈ B_noise")
-
-        def beats(s: Score | None, steps: float, loss: float, by: float = 0.0) -> bool:
-            return s is not None and s.steps < steps * (1 - by) and s.final <= loss
-
+        sched, follow = scores.get(tried), scores.get("B ≈ B_noise")
         bar = good[fewest].steps
         if advice["schedule"]:
-            goal = "met" if beats(sched, bar, ok_loss) else "not met"
+            verdict = "goal met" if _beats(sched, bar, ok_loss) else "goal not met"
         else:
-            paid = (("planner", sched), ("B≈B_noise", follow))
-            missed = [lbl for lbl, s in paid if beats(s, bar, ok_loss, bs.MIN_STEP_SAVING)]
-            goal = "declined rightly" if not missed else f"declined, but {', '.join(missed)} paid"
-        advice_text = f"schedule {_stages(advice['schedule'])}" if advice["schedule"] else "declined"
+            paid = [lbl for lbl, x in (("the planner's best", sched), ("B ≈ B_noise", follow))
+                    if _beats(x, bar, ok_loss, bs.MIN_STEP_SAVING)]  # fmt: skip
+            verdict = "declined rightly: no warm-up paid" if not paid else f"declined, but {' and '.join(paid)} paid"
+        trajectory = ", ".join(f"{p['step']}: {_f(p['b_noise'], '.0f')}" for p in advice["trajectory"])
         print(
-            f"| {name} | {advice_text} | {_f(advice['predicted_saving'], '.0%')} "
-            f"| {fastest.split()[1]}, {_f(fixed[fastest].steps, '.0f')}, {_f(fixed[fastest].final, '.4g')} "
-            f"| {fewest.split()[1]}, {_f(good[fewest].steps, '.0f')}, {_f(good[fewest].final, '.4g')} "
-            f"| {_sc(sched, tried)} | {_sc(follow, '')} | {goal} |"
+            f"| {name} | {trajectory} | {_advice_text(advice)} | {fastest}: {_sc(fixed[fastest])} "
+            f"| {fewest}: {_sc(good[fewest])} | {_sc(sched) if advice['schedule'] else '—'} | {_sc(follow)} "
+            f"| {verdict} |"
         )
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 
-def _sc(s: Score | None, label: str) -> str:
+def _beats(s: Score | None, steps: float, loss: float, by: float = 0.0) -> bool:
+    """Fewer steps to the target than `steps` (by the share `by`), at a final loss no worse than `loss`."""
+    return s is not None and s.steps < steps * (1 - by) and s.final <= loss
+
+
+def _advice_text(advice: dict) -> str:
+    if advice["schedule"]:
+        return f"schedule {_stages(advice['schedule'])}, predicted {advice['predicted_saving']:.0%} fewer steps"
+    reason = advice["reason"]
+    if "largest candidate" in reason:
+        return f"declined: the fixed batch {advice['fixed']} is the largest candidate"
+    if "saves only" in reason:
+        return f"declined: predicted saving {advice['predicted_saving']:.0%} against fixed {advice['fixed']}"
+    if "no schedule" in reason:
+        return f"declined: no schedule beats fixed {advice['fixed']} without more samples or time"
+    return f"declined: {reason}"
+
+
+def _sc(s: Score | None) -> str:
     if s is None:
         return "—"
-    prefix = "(planner, no threshold) " if label == "planner, no threshold" else ""
-    return f"{prefix}{_f(s.steps, '.0f')}, {_f(s.final, '.4g')}"
+    return f"{_f(s.steps, '.0f')} steps, {_f(s.time_s, '.2f')} s, loss {_f(s.final, '.4g')}"
 
 
 if __name__ == "__main__":

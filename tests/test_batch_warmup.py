@@ -59,6 +59,13 @@ def test_the_trajectory_grows_from_initialisation_and_every_point_has_an_interva
     assert progress and progress[-1].step == 120 and progress[-1].total == 120
 
 
+def test_a_diverging_training_ends_the_trajectory_without_failing_the_job():
+    context = JobContext.build(job(train_steps=100, optimizer={"name": "sgd"}), lambda _p: None)
+    points, steps = measure_trajectory(context, [16, 256], lr=1e6, batch=32)
+    assert points[0].step == 0 and points[0].b_noise is not None  # measured before the first step
+    assert len(points) < 5 and steps < 100  # it stopped at the first checkpoint after the loss blew up
+
+
 # ---- the planner, as a pure function ----------------------------------------------------------------------
 
 

@@ -60,7 +60,8 @@ def measure_trajectory(job: JobContext, sizes: list[int], lr: float, batch: int)
             loss = step(train_batches)
             done += 1
             if done % 25 == 0 or done == target:
-                job.progress("noise_scale", done, total, lr=lr, loss=float(loss.float().mean()))
+                mean = float(loss.float().mean())
+                job.progress("noise_scale", done, total, lr=lr, loss=mean if math.isfinite(mean) else None)
         if done and not torch.isfinite(loss).all():
             break  # diverged: later points would measure NaN
         points.append(_point(job, model, big_batches, small, done, per_step))

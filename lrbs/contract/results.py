@@ -162,6 +162,43 @@ class DataParallelAdvice(Model):
     )
 
 
+class NoisePoint(Model):
+    """One point of the gradient noise scale's trajectory over a short training."""
+
+    step: int = Field(description="Optimizer steps trained before this measurement.")
+    samples: int = Field(description="Training samples seen by then (steps × the effective batch).")
+    train_loss: float | None = Field(description="Mean training loss of the measurement's big batches.")
+    b_noise: float | None = Field(description="B_simple = tr(Σ)/|G|² here (null: |G|² came out ≤ 0, all noise).")
+    low: float | None = Field(description="95% bootstrap interval.")
+    high: float | None
+    measurements: int
+
+
+class BatchStage(Model):
+    from_step: int = Field(description="The optimizer step this stage starts at (counted from 0 in this schedule).")
+    batch_size: int = Field(description="The micro-batch of this stage.")
+    grad_accumulation_steps: int
+    effective_batch_size: int = Field(description="batch_size × grad_accumulation_steps.")
+    lr: float | None = Field(description="The LR for this batch, by the job's LR scaling.")
+    b_noise: float = Field(description="The (monotone-fitted) noise scale at the stage's start.")
+
+
+class BatchSchedule(Model):
+    """A batch-size warm-up: the batch grows with the noise scale (McCandlish et al. 2018; Merrill et al. 2025)."""
+
+    stages: list[BatchStage]
+    total_steps: int = Field(description="Predicted optimizer steps to the same progress as the fixed batch's run.")
+    fixed_batch_size: int = Field(description="The fixed batch it is compared against (this advice's batch_size).")
+    fixed_steps: int = Field(description="The optimizer steps the comparison is for: the job's train_steps.")
+    step_saving: float = Field(description="Predicted share of optimizer steps saved against the fixed batch.")
+    samples: int = Field(description="Predicted training samples of the schedule.")
+    fixed_samples: int
+    time_s: float | None = Field(description="Predicted wall time from the measured step times.")
+    fixed_time_s: float | None
+    time_saving: float | None = Field(description="Predicted share of wall time saved against the fixed batch.")
+    snippet: str = Field(description="PyTorch code that trains with these stages.")
+
+
 class BatchSizeAdvice(Model):
     batch_size: int = Field(description="The recommended batch size: the micro-batch on each device.")
     lr: float | None = Field(
@@ -191,6 +228,16 @@ class BatchSizeAdvice(Model):
         "batch, the LR for the global batch and the predicted fleet throughput (also for world_size 1).",
     )
     reason: str
+    noise_trajectory: list[NoisePoint] | None = Field(
+        None,
+        description="The noise scale at several points of one short training at the recommended LR "
+        "(log-spaced steps); noise_scale is its last measurable point.",
+    )
+    trajectory_steps: int | None = Field(None, description="Optimizer steps the trajectory's training ran (its cost).")
+    batch_schedule: BatchSchedule | None = Field(
+        None, description="A batch-size warm-up, when the growing noise scale makes one pay; else null."
+    )
+    batch_schedule_reason: str | None = Field(None, description="Why a schedule is (or is not) advised.")
 
 
 class Environment(Model):

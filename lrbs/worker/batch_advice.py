@@ -15,17 +15,13 @@ import math
 from lrbs.contract.job_spec import AutoBatchSizes, JobSpec
 from lrbs.contract.optimizers import ADAPTIVE_OPTIMIZERS
 from lrbs.contract.resources import Progress
-from lrbs.contract.results import BatchCandidate, BatchSizeAdvice, DataParallelAdvice, NoiseScaleOut
-from lrbs.worker import fleet, suggest
+from lrbs.contract.results import BatchCandidate, BatchSizeAdvice, DataParallelAdvice, NoisePoint, NoiseScaleOut
+from lrbs.worker import batch_warmup, fleet, suggest
 from lrbs.worker.errors import JobError
 from lrbs.worker.job import JobContext
 from lrbs.worker.probes import batch_size as bs
-from lrbs.worker.probes import noise_scale
-from lrbs.worker.probes.batches import forever
 
 MEMORY_HEADROOM = 0.10  # share of the memory budget kept free (Lightning #8028: the chosen batch OOMs later)
-NOISE_WARMUP_STEPS = 50  # B_noise is near 0 at initialisation and grows: measure after some training
-NOISE_MEASUREMENTS = 24
 TARGET_OVERSHOOT = 0.10  # no micro-batch reaches the target exactly: the fastest within this share above it
 TARGET_FAR_FROM_NOISE = 4.0  # a target effective batch this many times above (or below) B_noise is worth a word
 MB = 2**20
@@ -67,7 +63,7 @@ def advise_batch_size(job: JobContext, base_lr: float | None, headroom: float = 
     accumulations, speeds = fleet_speeds(spec, fitting, gradient_bytes)
     world = spec.world_size
     lrs, scaling = lrs_for(job, [p.batch_size for p in fitting], lr0)
-    noise = measure_noise(job, [p.batch_size for p in fitting], lr0)
+    noise, trajectory, trajectory_steps, probe_batch = measure_noise(job, [p.batch_size for p in fitting], lr0)
     b_noise = noise.b_noise if noise and noise.b_noise is not None else None
     target = spec.target_effective_batch
     if target:
@@ -114,6 +110,7 @@ def advise_batch_size(job: JobContext, base_lr: float | None, headroom: float = 
     reason = explain(soonest, chosen, b_noise, fitting, largest, steps_to_target, spec, weighed, speeds)
     if world > 1:
         reason += "; " + fleet.reason(data_parallel)
+    schedule, schedule_reason = batch_warmup.schedule_advice(job, trajectory, probe_batch, fitting, lrs, chosen)
     return BatchSizeAdvice(
         batch_size=chosen, lr=lrs.get(chosen), lr_scaling=scaling, largest_fitting=largest,
         largest_fitting_verified=verified,
@@ -121,6 +118,8 @@ def advise_batch_size(job: JobContext, base_lr: float | None, headroom: float = 
         memory_budget_mb=budget / MB if budget else None,
         grad_accumulation_steps=steps_to_target, noise_scale=noise, generalization_epochs=epochs,
         candidates=candidates, data_parallel=data_parallel, reason=reason,
+        noise_trajectory=trajectory, trajectory_steps=trajectory_steps, batch_schedule=schedule,
+        batch_schedule_reason=schedule_reason,
     )  # fmt: skip
 
 
@@ -283,30 +282,26 @@ def probe_lr(job: JobContext, batch: int) -> float | None:
     return suggest.choose(suggest.suggest_all(curve.lrs, curve.smoothed, curve.losses), job.spec.schedule).lr
 
 
-def measure_noise(job: JobContext, sizes: list[int], lr: float) -> NoiseScaleOut | None:
-    """B_noise after NOISE_WARMUP_STEPS at the recommended LR, from the smallest and largest fitting batch."""
+def measure_noise(
+    job: JobContext, sizes: list[int], lr: float
+) -> tuple[NoiseScaleOut | None, list[NoisePoint] | None, int | None, int]:
+    """B_noise along one short training at the recommended LR (`batch_warmup.measure_trajectory`), from the
+    smallest and largest fitting batch: (its last measurable point, the trajectory, steps trained, the batch
+    trained at)."""
+    batch = min(job.spec.lr_range.batch_size, job.data.n_train)
     small, big = sizes[0], sizes[-1]
     if big < 2 * small:
-        return None  # two batch sizes too close to tell noise from signal
-    job.progress("noise_scale", 0, NOISE_MEASUREMENTS)
-    model, optimizer = job.fresh(lr)
-    job.train(lr, NOISE_WARMUP_STEPS, batch_size=small, model=(model, optimizer))
-    big_batches = forever(job.data.batches(big, job.spec.seed + 1))
-    settings = job.step_settings
-    small_sq, big_sq, b_big = noise_scale.measure(model, job.loss_fn, big_batches, small, NOISE_MEASUREMENTS, settings)
-    found = noise_scale.estimate(small_sq, big_sq, small, b_big)
-    if found.b_simple is None:  # |G|² came out ≤ 0: the signal is small against the noise, so measure longer
-        more = noise_scale.measure(model, job.loss_fn, big_batches, small, 2 * NOISE_MEASUREMENTS, settings)
-        found = noise_scale.estimate(small_sq + more[0], big_sq + more[1], small, b_big)
-    return NoiseScaleOut(
-        b_noise=found.b_simple,
-        low=found.low,
-        high=found.high,
-        measured_at_lr=lr,
-        after_steps=NOISE_WARMUP_STEPS,
-        batch_sizes=(small, b_big),
-        measurements=found.measurements,
-    )
+        return None, None, None, batch  # two batch sizes too close to tell noise from signal
+    trajectory, steps = batch_warmup.measure_trajectory(job, sizes, lr, batch)
+    # The last measurable point: late in a short run on a small task the gradient can be all noise (|G|² ≤ 0)
+    last = next((p for p in reversed(trajectory) if p.b_noise is not None), trajectory[-1])
+    return (
+        NoiseScaleOut(
+            b_noise=last.b_noise, low=last.low, high=last.high, measured_at_lr=lr, after_steps=last.step,
+            batch_sizes=(small, big), measurements=last.measurements,
+        ),
+        trajectory, steps, batch,
+    )  # fmt: skip
 
 
 def explain(

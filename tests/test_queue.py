@@ -204,3 +204,27 @@ def test_a_claim_never_started_goes_back_without_using_an_attempt(sessions, sett
     assert again.id == unstarted and again.attempts == 1  # max_attempts=1 still lets it run once
     with pytest.raises(LeaseLost), transaction(sessions) as session:  # the first worker's token is dead
         queue.heartbeat(session, unstarted, first.lease_token, None, settings)
+
+
+def test_readers_do_not_wait_for_a_writer(database_url):
+    """A reading transaction answers while another transaction holds the write lock (SQLite: a deferred BEGIN
+    on a WAL snapshot); a writing one waits for it, and here, with a 0.3 s lock timeout, fails."""
+    from sqlalchemy import func, select
+    from sqlalchemy.exc import OperationalError
+
+    from lrbs.service.db import make_engine, make_sessionmaker, reading, transaction, upgrade
+    from lrbs.service.tables import JobRow
+
+    engine = make_engine(database_url, timeout_seconds=0.3)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    try:
+        with transaction(sessions) as writer:
+            writer.execute(select(JobRow.id).limit(1)).all()  # SQLite: the write lock is taken here
+            with reading(sessions) as reader:
+                assert reader.scalar(select(func.count()).select_from(JobRow)) == 0
+            if database_url.startswith("sqlite"):
+                with pytest.raises(OperationalError, match="locked"), transaction(sessions) as second_writer:
+                    second_writer.execute(select(JobRow.id).limit(1)).all()
+    finally:
+        engine.dispose()

@@ -11,13 +11,15 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import CursorResult, Engine, Result, create_engine, event
+from sqlalchemy import Connection, CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import Float
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+READ_ONLY = "lrbs_read_only"  # an execution option: this transaction only reads
+SQLITE_POOL_SIZE = 40  # anyio's default threadpool: one connection per thread that may hold one
 
 
 def normalize_url(url: str) -> str:
@@ -33,11 +35,17 @@ def make_engine(url: str, timeout_seconds: float = 5.0) -> Engine:
     one before it fails (the API answers 503), instead of hanging while the database is away."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": timeout_seconds, "check_same_thread": False})
+        engine = create_engine(
+            url,
+            connect_args={"timeout": timeout_seconds, "check_same_thread": False},
+            # as many kept connections as the threadpool has threads: a new one costs a connect and the pragmas
+            pool_size=SQLITE_POOL_SIZE,
+        )
         event.listen(engine, "connect", lambda conn, record: _sqlite_pragmas(conn, timeout_seconds))
-        # pysqlite opens transactions lazily and never on SELECT; BEGIN IMMEDIATE on every transaction
-        # takes the write lock up front, so two claimers serialise instead of failing with "locked".
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        # pysqlite opens transactions lazily and never on SELECT; BEGIN IMMEDIATE on every writing transaction
+        # takes the write lock up front, so two claimers serialise instead of failing with "locked". A reading
+        # transaction (`reading`) begins deferred: under WAL it reads a snapshot and never waits for the lock.
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(
         url,
@@ -47,6 +55,10 @@ def make_engine(url: str, timeout_seconds: float = 5.0) -> Engine:
         pool_timeout=timeout_seconds,
         connect_args={"connect_timeout": max(1, round(timeout_seconds))},
     )
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(dbapi_conn, timeout_seconds: float) -> None:
@@ -66,6 +78,15 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 @contextmanager
 def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
     with sessions() as session, session.begin():
+        yield session
+
+
+@contextmanager
+def reading(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A transaction that only reads. On SQLite it begins deferred, so it reads a WAL snapshot without taking the
+    write lock (a `transaction` takes it up front); elsewhere it is a `transaction`."""
+    with sessions() as session, session.begin():
+        session.connection(execution_options={READ_ONLY: True})
         yield session
 
 

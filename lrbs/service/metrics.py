@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lrbs import logs
 from lrbs.contract.resources import JobState
 from lrbs.service import scheduling, worker_registry
-from lrbs.service.db import transaction
+from lrbs.service.db import reading
 from lrbs.service.tables import JobRow
 
 access_log = logging.getLogger("lrbs.access")
@@ -60,7 +60,7 @@ class _DatabaseCollector(Collector):
         depth = GaugeMetricFamily("lrbs_queue_depth", "Jobs waiting for a worker.")
         online = GaugeMetricFamily("lrbs_workers_online", "Workers heard from recently, by device kind.",
                                    labels=["device_kind"])  # fmt: skip
-        with transaction(self.app.state.sessions) as session:
+        with reading(self.app.state.sessions) as session:
             counts = dict(session.execute(select(JobRow.state, func.count()).group_by(JobRow.state)).all())
             workers = worker_registry.list_workers(session, self.app.state.settings)
         for state in JobState:

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from lrbs.contract.resources import DatasetOut, DatasetPage
 from lrbs.service import dataset_store
 from lrbs.service.api.deps import CallerDep, SessionsDep, SettingsDep
-from lrbs.service.db import transaction
+from lrbs.service.db import reading, transaction
 from lrbs.service.tables import DatasetRow
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -82,14 +82,14 @@ def list_datasets(
     page_size: Annotated[int, Query(ge=1, description="At most LRBS_MAX_PAGE_SIZE.")] = 50,
     page_token: Annotated[str | None, Query(description="next_page_token of the previous page.")] = None,
 ) -> DatasetPage:
-    with transaction(sessions) as session:
+    with reading(sessions) as session:
         rows, token = dataset_store.list_datasets(session, min(page_size, settings.max_page_size), page_token, caller)
         return DatasetPage(datasets=[to_resource(r) for r in rows], next_page_token=token)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, summary="Get a dataset's description")
 def get_dataset(dataset_id: str, sessions: SessionsDep, caller: CallerDep) -> DatasetOut:
-    with transaction(sessions) as session:
+    with reading(sessions) as session:
         return to_resource(dataset_store.get(session, dataset_id, caller))
 
 

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lrbs.service import api_keys
 from lrbs.service.api_keys import Caller
-from lrbs.service.db import transaction
+from lrbs.service.db import reading
 from lrbs.service.errors import Unauthorized
 from lrbs.service.settings import Settings
 
@@ -36,7 +36,7 @@ def require_worker(request: Request) -> None:
 
 def get_caller(request: Request) -> Caller:
     """Public endpoints: who is calling (an API key, or anyone while no key exists). Worker tokens are not keys."""
-    with transaction(request.app.state.sessions) as session:
+    with reading(request.app.state.sessions) as session:
         return api_keys.authenticate(session, request.headers.get("authorization", ""))
 
 

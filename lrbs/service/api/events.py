@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from lrbs.contract.resources import TERMINAL_STATES, JobEvent
 from lrbs.service import queue
 from lrbs.service.api.deps import CallerDep, SessionsDep, SettingsDep
-from lrbs.service.db import transaction
+from lrbs.service.db import reading
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 KEEPALIVE_SECONDS = 15  # a comment line this often keeps proxies from closing an idle stream
@@ -77,7 +77,7 @@ async def follow_job(
     ] = None,
 ) -> EventSourceResponse:
     def read() -> JobEvent:
-        with transaction(sessions) as session:
+        with reading(sessions) as session:
             return JobEvent.model_validate(queue.get(session, job_id, caller), from_attributes=True)
 
     first = await run_in_threadpool(read)  # an unknown job is a 404 before the stream starts

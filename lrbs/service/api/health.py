@@ -17,6 +17,6 @@ async def healthz() -> dict[str, str]:  # on the event loop: answers at once eve
 
 @router.get("/readyz", summary="The database answers")
 def readyz(sessions: SessionsDep) -> dict[str, str]:
-    with transaction(sessions) as session:
+    with transaction(sessions) as session:  # a writing transaction: ready means jobs can be submitted too
         session.execute(text("SELECT 1"))
     return {"status": "ready"}

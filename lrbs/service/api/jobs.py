@@ -11,7 +11,7 @@ from lrbs.contract.job_spec import JobSpec, UploadedDataset
 from lrbs.contract.resources import Job, JobPage, JobState, WorkerOut
 from lrbs.service import admission, dataset_store, idempotency, queue, scheduling, worker_registry
 from lrbs.service.api.deps import CallerDep, SessionsDep, SettingsDep
-from lrbs.service.db import transaction
+from lrbs.service.db import reading, transaction
 from lrbs.service.errors import Unprocessable
 from lrbs.service.limits import check_limits
 from lrbs.service.tables import JobRow
@@ -123,7 +123,7 @@ async def submit_job(
 
 @router.get("/{job_id}", response_model=Job, summary="Get a job")
 def get_job(job_id: str, sessions: SessionsDep, settings: SettingsDep, caller: CallerDep) -> Job:
-    with transaction(sessions) as session:
+    with reading(sessions) as session:
         job = queue.get(session, job_id, caller)
         return to_resource(
             job, worker_registry.list_workers(session, settings) if job.state == JobState.queued else None
@@ -153,7 +153,7 @@ def list_jobs(
             raise Unprocessable(message, errors=[{"field": "label", "message": message}])
         labels[key] = value
     page_size = min(page_size, settings.max_page_size)
-    with transaction(sessions) as session:
+    with reading(sessions) as session:
         jobs, token = queue.list_jobs(session, state, page_size, page_token, caller, labels)
         workers = (
             worker_registry.list_workers(session, settings) if any(j.state == JobState.queued for j in jobs) else None

@@ -13,7 +13,7 @@ from lrbs import plots
 from lrbs.contract.results import Result
 from lrbs.service import queue
 from lrbs.service.api.deps import CallerDep, SessionsDep
-from lrbs.service.db import transaction
+from lrbs.service.db import reading
 from lrbs.service.errors import Conflict, NotFound
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -90,7 +90,7 @@ def get_job_plot(
     caller: CallerDep,
     cache: PlotCacheDep,
 ) -> Response:
-    with transaction(sessions) as session:
+    with reading(sessions) as session:
         job = queue.get(session, job_id, caller)
         state, stored, updated_at = job.state, job.result, job.updated_at
     if stored is None:

@@ -154,3 +154,8 @@ def test_names_labels_and_the_summary_view(client, sessions):
     assert full.json()["jobs"][0]["result"]["curve"]["lr"] == [0.1] * 500
     assert len(full.json()["jobs"][0]["result"]["sweep_curves"]) == 2
     assert len(summary.content) < len(full.content) / 3
+    every = client.get("/v1/jobs").json()  # the queued jobs too: the summary differs only by the curves
+    for job in every["jobs"]:
+        if job["result"]:
+            job["result"].update(curve=None, sweep_curves=None)
+    assert client.get("/v1/jobs", params={"view": "summary"}).json() == every

@@ -13,9 +13,11 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import exists, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import JSON, ColumnElement, String, cast, exists, func, literal, select, type_coerce, update
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Session, defer, with_expression
 
 from lrbs.contract.job_spec import JobSpec
 from lrbs.contract.resources import TERMINAL_STATES, JobErrorDetail, JobState, Progress, WorkerInfo, WorkerOut
@@ -144,8 +146,13 @@ def list_jobs(
     page_token: str | None,
     caller: Caller = OPEN,
     labels: dict[str, str] | None = None,
+    summary: bool = False,
 ) -> tuple[list[JobRow], str | None]:
+    """A page of jobs, newest first. `summary`: each job's `result` is left unread and `result_summary` holds it
+    without its curves, cut out by the database."""
     query = select(JobRow)
+    if summary:
+        query = query.options(defer(JobRow.result), with_expression(JobRow.result_summary, _without_curves(session)))
     for key, value in (labels or {}).items():
         query = query.where(
             exists().where(JobLabelRow.job_id == JobRow.id, JobLabelRow.key == key, JobLabelRow.value == value)
@@ -155,6 +162,18 @@ def list_jobs(
     if state is not None:
         query = query.where(JobRow.state == state)
     return newest_first(session, query, JobRow, page_size, page_token)
+
+
+CURVE_KEYS = ("curve", "sweep_curves")  # the bulk of a result: what the summary view leaves out
+
+
+def _without_curves(session: Session) -> ColumnElement[Any]:
+    if session.get_bind().dialect.name == "postgresql":
+        trimmed: ColumnElement[Any] = cast(JobRow.result, JSONB)
+        for key in CURVE_KEYS:
+            trimmed = trimmed.op("-", return_type=JSONB)(literal(key, String))
+        return trimmed
+    return type_coerce(func.json_remove(JobRow.result, *(f"$.{key}" for key in CURVE_KEYS)), JSON)
 
 
 # ------------------------------------------------------------------------------------- worker actions

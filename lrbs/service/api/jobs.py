@@ -52,9 +52,16 @@ SUBMIT_EXAMPLES: dict[str, Any] = {
 }
 
 
-def to_resource(job: JobRow, workers: list[WorkerOut] | None = None) -> Job:
-    """The API's view of a job; given the workers, a queued job says what it waits for if none can run it."""
-    resource = Job.model_validate(job, from_attributes=True)
+def to_resource(job: JobRow, workers: list[WorkerOut] | None = None, summary: bool = False) -> Job:
+    """The API's view of a job; given the workers, a queued job says what it waits for if none can run it.
+    `summary`: a row read by queue.list_jobs(summary=True), whose result comes without its curves."""
+    if summary:
+        fields = {name: getattr(job, name) for name in Job.model_fields if name not in ("result", "waiting_for")}
+        trimmed = job.result_summary
+        result = {**dict.fromkeys(queue.CURVE_KEYS), **trimmed} if trimmed is not None else None
+        resource = Job.model_validate({**fields, "result": result})
+    else:
+        resource = Job.model_validate(job, from_attributes=True)
     if workers is not None and job.state == JobState.queued:
         need = scheduling.Requirements.model_validate(job.requirements) if job.requirements else None
         resource.waiting_for = scheduling.waiting_for(need, workers)
@@ -154,15 +161,12 @@ def list_jobs(
         labels[key] = value
     page_size = min(page_size, settings.max_page_size)
     with reading(sessions) as session:
-        jobs, token = queue.list_jobs(session, state, page_size, page_token, caller, labels)
+        summary = view == "summary"
+        jobs, token = queue.list_jobs(session, state, page_size, page_token, caller, labels, summary=summary)
         workers = (
             worker_registry.list_workers(session, settings) if any(j.state == JobState.queued for j in jobs) else None
         )
-        resources = [to_resource(j, workers) for j in jobs]
-    if view == "summary":
-        for job in resources:
-            if job.result is not None:
-                job.result.curve = job.result.sweep_curves = None
+        resources = [to_resource(j, workers, summary=summary) for j in jobs]
     return JobPage(jobs=resources, next_page_token=token)
 
 

@@ -153,3 +153,14 @@ def test_a_validation_sweep_without_validation_samples_fails_the_job_with_what_t
     with pytest.raises(JobError, match="validation_fraction above 0"):
         job.range_test(16)
     assert job.seen == []  # refused before any step
+
+
+def test_confirmation_stops_a_higher_lr_that_falls_behind_but_never_a_lower_one():
+    """Early in a run a higher LR is usually ahead, so one that trails is stopped; a lower LR that trails early
+    (it learns slower at first) runs to the end, where it may win."""
+    steps = 90
+    job = watched(train_steps=steps)
+    choice = Choice(lr=0.1, rule="lowest×schedule", reason="test", lr_low=1e-5, lr_high=50.0, confidence="low")
+    _, (suggested, low, high) = confirm(job, choice, train_steps=steps)
+    assert suggested.steps == steps and low.steps == steps  # the 1e-5 run trails throughout, yet is not stopped
+    assert high.steps < steps  # stopped at 10 or 30 steps: clearly behind, or diverged

@@ -129,16 +129,18 @@ def confirm(job: JobContext, choice: suggest.Choice, train_steps: int) -> tuple[
     """Short real trainings at the suggestion and at both ends of its safe range; the best validation loss wins.
 
     Always with thorough; with standard when the sweeps disagree (confidence below high). Staying inside the
-    safe range keeps one noisy short run from pulling the LR far off. The suggestion trains first; each later
-    run stops at a checkpoint (CONFIRM_CHECKPOINTS of the run) where it is clearly behind the best run so far at
-    the same step, as in successive halving, so a clear winner costs about one run instead of three."""
+    safe range keeps one noisy short run from pulling the LR far off. The suggestion trains first; a later run
+    at a higher LR than the best so far stops at a checkpoint (CONFIRM_CHECKPOINTS of the run) where it is
+    clearly behind that run at the same step, as in successive halving. Only a higher LR is stopped: early in a
+    run the higher LR is usually ahead (short-horizon bias, Wu et al. 2018), so one that trails is worse, while a
+    lower LR that trails early often wins at the end."""
     assert choice.lr is not None
     schedule = job.spec.schedule
     steps = min(train_steps, CONFIRM_MAX_STEPS)
     checkpoints = sorted({max(1, round(f * steps)) for f in CONFIRM_CHECKPOINTS} - {steps})
     untrained = job.untrained_loss()
     candidates = [choice.lr, choice.lr_low or choice.lr / 2, choice.lr_high or choice.lr * 2]
-    best_at: dict[int, float] = {}  # the lowest validation loss any earlier run had at each checkpoint
+    best_at: dict[int, tuple[float, float]] = {}  # per checkpoint: the lowest validation loss so far, and its LR
     scored: list[Candidate] = []
     for i, lr in enumerate(candidates):
 
@@ -148,10 +150,12 @@ def confirm(job: JobContext, choice: suggest.Choice, train_steps: int) -> tuple[
         seen: dict[int, float] = {}
         for step, loss in job.training(lr, steps, schedule=schedule, evaluate_at=checkpoints, on_progress=progress):
             seen[step] = loss
-            if step < steps and clearly_behind(loss, best_at.get(step), untrained):
+            leader = best_at.get(step)
+            if step < steps and leader is not None and lr > leader[1] and clearly_behind(loss, leader[0], untrained):
                 break
         for step, loss in seen.items():
-            best_at[step] = min(loss, best_at.get(step, math.inf))
+            if loss < best_at.get(step, (math.inf, lr))[0]:
+                best_at[step] = (loss, lr)
         last = max(seen)
         scored.append(Candidate(lr=lr, val_loss=seen[last] if math.isfinite(seen[last]) else None, steps=last))
     finished = [c for c in scored if c.val_loss is not None and c.steps == steps]
@@ -171,12 +175,12 @@ def confirm(job: JobContext, choice: suggest.Choice, train_steps: int) -> tuple[
     return replace(choice, lr=best.lr, rule=f"{choice.rule}+confirm", reason=reason), scored
 
 
-def clearly_behind(loss: float, best: float | None, untrained: float) -> bool:
+def clearly_behind(loss: float, best: float, untrained: float) -> bool:
     """A run is clearly behind when its validation loss trails the best at the same step by more than
     CLEARLY_BEHIND of the progress the best had made from the untrained loss (or when it diverged)."""
     if not math.isfinite(loss):
         return True
-    if best is None or not math.isfinite(best):
+    if not math.isfinite(best):
         return False
     return loss - best > CLEARLY_BEHIND * max(untrained - best, 0.0)
 

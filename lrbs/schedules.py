@@ -21,7 +21,15 @@ if TYPE_CHECKING:
 
 DEFAULT_TRAIN_STEPS = 1000
 FRACTIONS_FILE = Path(__file__).with_name("schedule_fractions.json")
-_FITTED: dict[str, dict[str, Any]] = json.loads(FRACTIONS_FILE.read_text())["schedules"]
+_FRACTIONS: dict[str, Any] = json.loads(FRACTIONS_FILE.read_text())
+_FITTED: dict[str, dict[str, Any]] = _FRACTIONS["schedules"]
+# Kinds of task whose best LR sits elsewhere relative to the landmark, each with fractions of its own.
+FAMILY_FITTED: dict[str, dict[str, dict[str, Any]]] = {
+    name: family["schedules"] for name, family in _FRACTIONS.get("families", {}).items()
+}
+FAMILY_DESCRIPTIONS: dict[str, str] = {
+    name: family["description"] for name, family in _FRACTIONS.get("families", {}).items()
+}
 
 
 class Schedule:
@@ -30,16 +38,17 @@ class Schedule:
     name: ClassVar[str]
     description: ClassVar[str]
 
-    @property
-    def peak_per_lowest(self) -> float:
+    def peak_per_lowest(self, family: str | None = None) -> float:
         """The recommended LR is this × the LR where the median range-test curve bottoms out."""
-        return float(_FITTED[self.name]["peak_per_lowest"])
+        return float(self._fitted(family)["peak_per_lowest"])
 
-    @property
-    def safe_band(self) -> tuple[float, float]:
+    def safe_band(self, family: str | None = None) -> tuple[float, float]:
         """Factors, relative to the recommended LR, inside which no benchmark task lost over 20% of the best."""
-        low, high = _FITTED[self.name]["safe_band"]
+        low, high = self._fitted(family)["safe_band"]
         return float(low), float(high)
+
+    def _fitted(self, family: str | None) -> dict[str, Any]:
+        return FAMILY_FITTED[family][self.name] if family else _FITTED[self.name]
 
     # Subclasses define these three for their main schedule.
     def main_params(self, decay_steps: int) -> dict[str, Any]:
@@ -202,6 +211,6 @@ def _decay_steps(params: dict[str, Any]) -> int:
 
 SCHEDULES: dict[str, Schedule] = {s.name: s for s in (Constant(), Cosine(), OneCycle(), StepDecay(), Exponential())}
 
-missing = set(SCHEDULES) ^ set(_FITTED)
+missing = set(SCHEDULES) ^ set(_FITTED) | {s for f in FAMILY_FITTED.values() for s in set(SCHEDULES) ^ set(f)}
 if missing:  # a schedule without fitted fractions (or fractions for no schedule) is a packaging mistake
     raise RuntimeError(f"{FRACTIONS_FILE.name} and SCHEDULES disagree on {sorted(missing)}: run the tuning script")

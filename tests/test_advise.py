@@ -49,7 +49,9 @@ def test_a_transformer_lm_on_token_streams():
         train_steps=100,  # confirmation trainings, when the sweeps disagree, stay short
     )
     assert spec.loss == "cross_entropy"
-    assert advise(spec).steps_run > 0
+    result = advise(spec)
+    assert result.steps_run > 0
+    assert "language models trained with Adam or AdamW" in result.recommendation.reason  # its family's fractions
 
 
 def test_accumulation_shows_in_the_recommendation():

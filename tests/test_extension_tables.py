@@ -33,11 +33,15 @@ def test_the_contract_accepts_exactly_the_schedules_of_the_table():
 
 
 def test_the_fitted_fractions_come_from_the_data_file():
-    stored = json.loads(FRACTIONS_FILE.read_text())["schedules"]
+    stored = json.loads(FRACTIONS_FILE.read_text())
     for name, schedule in SCHEDULES.items():
-        assert schedule.peak_per_lowest == stored[name]["peak_per_lowest"]
-        low, high = schedule.safe_band
+        assert schedule.peak_per_lowest() == stored["schedules"][name]["peak_per_lowest"]
+        low, high = schedule.safe_band()
         assert low < 1 < high
+        for family, fitted in stored["families"].items():
+            assert schedule.peak_per_lowest(family) == fitted["schedules"][name]["peak_per_lowest"]
+            low, high = schedule.safe_band(family)
+            assert low < 1 < high
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))

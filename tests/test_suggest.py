@@ -221,11 +221,25 @@ def test_choose_reads_where_the_loss_bottoms_out_and_scales_it_by_schedule():
     }
     constant, cosine = choose(suggestions, "constant"), choose(suggestions, "cosine")
     assert constant.rule == "lowest×schedule"
-    assert constant.lr == pytest.approx(SCHEDULES["constant"].peak_per_lowest * at_min)
+    assert constant.lr == pytest.approx(SCHEDULES["constant"].peak_per_lowest() * at_min)
     assert cosine.lr > constant.lr  # a decaying schedule can start higher
     for c in (constant, cosine):
         assert c.lr_low < c.lr < c.lr_high <= at_min
     assert "cosine" in cosine.reason
+
+
+def test_adam_on_a_language_model_has_fractions_of_its_own():
+    """Its best LR sits nearer the landmark (benchmarks/lr_quality: about 0.32–0.40× against 0.07–0.35×)."""
+    from lrbs.worker.suggest import family_of
+
+    assert family_of("adamw", "language_modeling") == family_of("adam", "language_modeling") == "adam_sequence"
+    assert family_of("sgd", "language_modeling") is None and family_of("adamw", "classification") is None
+    suggestions = {"lowest": _s(3e-2)}
+    for schedule in SCHEDULES:
+        default, family = choose(suggestions, schedule), choose(suggestions, schedule, family="adam_sequence")
+        assert family.lr == pytest.approx(SCHEDULES[schedule].peak_per_lowest("adam_sequence") * 3e-2)
+        assert family.lr >= default.lr and family.lr_high <= 3e-2
+        assert "Adam" in family.reason
 
 
 def test_confidence_follows_how_well_the_sweeps_agree():
@@ -264,7 +278,7 @@ def test_choose_on_real_suggestions():
     c = choose(suggest_all(lrs, loss, loss), "one_cycle")
     assert c.rule == "lowest×schedule"
     at_min = lrs[int(np.argmin(loss))]  # this hand-made curve is smooth: no average moves its minimum
-    assert c.lr == pytest.approx(SCHEDULES["one_cycle"].peak_per_lowest * at_min) and math.isfinite(c.lr)
+    assert c.lr == pytest.approx(SCHEDULES["one_cycle"].peak_per_lowest() * at_min) and math.isfinite(c.lr)
     nothing = choose(suggest_all([], []), "one_cycle")
     assert nothing.lr is None and nothing.rule == "none"
 

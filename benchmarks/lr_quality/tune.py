@@ -22,6 +22,7 @@ import numpy as np
 from benchmarks.lr_quality import grid
 from benchmarks.lr_quality.run import FINDER_SEEDS, SUGGESTIONS_FILE
 from benchmarks.lr_quality.tasks import SCHEDULES, TASKS
+from benchmarks.lr_quality.training import job_of
 from lrbs.schedules import FRACTIONS_FILE
 
 LANDMARKS = ("lowest", "minimum", "valley", "steepest", "slide")
@@ -76,23 +77,40 @@ def main() -> None:
     args = parser.parse_args()
     results = grid.load()
     suggestions = json.loads(SUGGESTIONS_FILE.read_text())
-    names = [t.name for t in TASKS]
-    fitted = {}
-    print("Fitted (landmark lowest; the schedule table's peak_per_lowest and safe_band, relative to it):")
-    for schedule in SCHEDULES:
-        factor, _ = best_factor(results, suggestions, names, schedule, "lowest")
-        low, high = safe_band(results, suggestions, names, schedule, "lowest", factor)
-        fitted[schedule] = {"peak_per_lowest": factor, "safe_band": [round(low, 4), round(high, 4)]}
-        print(f"  {schedule}: peak_per_lowest {factor:.4g}, safe_band ({low:.2f}, {high:.2f})")
+    groups: dict[str | None, list[str]] = {}
+    for task in TASKS:  # each task fits the fractions of its family (suggest.family_of), or the default ones
+        groups.setdefault(job_of(task).family(), []).append(task.name)
+    fitted: dict[str | None, dict] = {}
+    for family, names in groups.items():
+        print(f"Fitted for {family or 'the default'} ({', '.join(names)}); landmark lowest:")
+        fitted[family] = {}
+        for schedule in SCHEDULES:
+            factor, _ = best_factor(results, suggestions, names, schedule, "lowest")
+            low, high = safe_band(results, suggestions, names, schedule, "lowest", factor)
+            fitted[family][schedule] = {"peak_per_lowest": factor, "safe_band": [round(low, 4), round(high, 4)]}
+            print(f"  {schedule}: peak_per_lowest {factor:.4g}, safe_band ({low:.2f}, {high:.2f})")
     if args.write:
         payload = {
             "written_by": "python -m benchmarks.lr_quality.tune --write",
             "landmark": "lowest",
-            "schedules": fitted,
+            "schedules": fitted[None],
+            "families": {
+                family: {"description": FAMILY_TEXT[family], "tasks": groups[family], "schedules": fitted[family]}
+                for family in groups
+                if family is not None
+            },
         }
         FRACTIONS_FILE.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {FRACTIONS_FILE}")
-    print()
+    for family, names in groups.items():
+        print(f"\n{family or 'default'}: {', '.join(names)}\n")
+        table(results, suggestions, names)
+
+
+FAMILY_TEXT = {"adam_sequence": "lrbs's benchmark language models trained with Adam or AdamW"}
+
+
+def table(results, suggestions, names: list[str]) -> None:
     print("| schedule | landmark | factor | median regret | worst regret | leave-one-task-out median | worst |")
     print("|---|---|---|---|---|---|---|")
     for schedule in SCHEDULES:

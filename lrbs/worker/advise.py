@@ -49,7 +49,7 @@ def advise(
     curve = median_curve(curves)
     suggestions = suggest.suggest_all(curve.lrs, curve.smoothed, curve.losses)
     sweep_minima = [suggest.lowest(c.lrs, c.losses).lr for c in curves]
-    choice = suggest.choose(suggestions, spec.schedule, sweep_minima)
+    choice = suggest.choose(suggestions, spec.schedule, sweep_minima, family=job.family())
     train_steps = spec.train_steps or DEFAULT_TRAIN_STEPS
     confirmation = None
     unsure = sweep.thoroughness == "standard" and choice.confidence != "high"  # the sweeps disagreed

@@ -279,7 +279,8 @@ def lrs_for(job: JobContext, sizes: list[int], lr0: float) -> tuple[dict[int, fl
 def probe_lr(job: JobContext, batch: int) -> float | None:
     """A quick range test (one sweep) at this batch size, read with the same rule as the job's advice."""
     curve = job.range_test(batch)
-    return suggest.choose(suggest.suggest_all(curve.lrs, curve.smoothed, curve.losses), job.spec.schedule).lr
+    suggestions = suggest.suggest_all(curve.lrs, curve.smoothed, curve.losses)
+    return suggest.choose(suggestions, job.spec.schedule, family=job.family()).lr
 
 
 def measure_noise(

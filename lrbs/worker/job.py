@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from lrbs.contract.job_spec import JobSpec
 from lrbs.contract.resources import Progress
 from lrbs.schedules import SCHEDULES
-from lrbs.worker import factories
+from lrbs.worker import factories, suggest
 from lrbs.worker.data import TrainData, load_data
 from lrbs.worker.errors import JobError
 from lrbs.worker.plugins import PluginPolicy
@@ -111,6 +111,11 @@ class JobContext:
     ) -> None:
         fraction = min(1.0, step / total) if total else 0.0
         self.report(Progress(phase=phase, step=step, total=total, fraction=fraction, lr=lr, loss=loss))
+
+    def family(self) -> str | None:
+        """The task family whose LR fractions apply (suggest.family_of); None: the default fractions."""
+        optimizer = getattr(self.spec.optimizer, "name", None) if self.spec.optimizer.source == "builtin" else None
+        return suggest.family_of(optimizer, self.data.shape.task)
 
     def fresh(self, lr: float, seed: int | None = None) -> tuple[nn.Module, torch.optim.Optimizer]:
         """A newly initialised model (seeded) on the job's device and its optimizer at `lr`."""

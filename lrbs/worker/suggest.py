@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lrbs.schedules import SCHEDULES
+from lrbs.schedules import FAMILY_DESCRIPTIONS, SCHEDULES
 
 MIN_POINTS = 10  # fewer finite points than this is no curve to read (Lightning #13844 crashed on them)
 MIN_RELATIVE_FALL = 0.01  # a drop under 1% of the loss level is noise, not a descent
@@ -292,20 +292,36 @@ def suggest_all(lrs: ArrayLike, smoothed: ArrayLike, losses: ArrayLike | None = 
 CONFIDENT_SPREAD, UNSURE_SPREAD = 0.25, 0.5  # decades between the sweeps' minima
 
 
-def choose(suggestions: dict[str, Suggestion], schedule: str, sweep_minima: Sequence[float | None] = ()) -> Choice:
+ADAM_FAMILY = ("adam", "adamw")
+
+
+def family_of(optimizer: str | None, task: str) -> str | None:
+    """The task family with LR fractions of its own: Adam or AdamW on a language model, whose best LR sits
+    about 3× nearer the landmark than other tasks' (benchmarks/lr_quality), else None (the default fractions)."""
+    return "adam_sequence" if optimizer in ADAM_FAMILY and task == "language_modeling" else None
+
+
+def choose(
+    suggestions: dict[str, Suggestion],
+    schedule: str,
+    sweep_minima: Sequence[float | None] = (),
+    family: str | None = None,
+) -> Choice:
     """The recommended LR for `schedule` (its peak: max_lr for one-cycle), with a safe range and a confidence.
 
     Where the loss bottoms out is the landmark a range test measures most reliably; how far below it to
-    train depends on the schedule (a decaying schedule can start higher than a constant one). When the curve
-    has no minimum to read, the single-curve rules answer instead, with low confidence.
+    train depends on the schedule (a decaying schedule can start higher than a constant one) and, for a
+    `family` of tasks with fractions of its own (`family_of`), on the kind of task. When the curve has no
+    minimum to read, the single-curve rules answer instead, with low confidence.
     `sweep_minima` are the LRs at the lowest point of each sweep: how much they agree sets the confidence.
     """
     bottom = suggestions.get("lowest")
     if bottom is not None and bottom.lr is not None:
         at_min = bottom.lr
-        factor = SCHEDULES[schedule].peak_per_lowest
+        factor = SCHEDULES[schedule].peak_per_lowest(family)
         lr = factor * at_min
-        low, high = SCHEDULES[schedule].safe_band
+        low, high = SCHEDULES[schedule].safe_band(family)
+        tasks = FAMILY_DESCRIPTIONS[family] if family else "lrbs's benchmark tasks"
         found = [m for m in sweep_minima if m]
         spread = float(np.log10(max(found) / min(found))) if len(found) > 1 else None
         if spread is None:
@@ -320,7 +336,7 @@ def choose(suggestions: dict[str, Suggestion], schedule: str, sweep_minima: Sequ
             lr_high=min(lr * high, at_min),
             confidence=confidence,
             reason=f"{factor:g} × {at_min:.3g}, the LR where the median range-test curve bottoms out: the "
-            f"ratio that trained best with a {schedule} schedule across lrbs's benchmark tasks ({agreement})",
+            f"ratio that trained best with a {schedule} schedule across {tasks} ({agreement})",
         )
     for name in PREFERENCE:
         s = suggestions.get(name)

@@ -110,6 +110,12 @@ def test_submit_follow_and_read_a_job_in_the_dashboard(browser, tmp_path):
         assert polled.count(f"/v1/jobs/{job_id}") >= 3, polled  # its first read, then once a second
         expect(page.locator("#rec-batch")).to_have_text(str(job["result"]["batch_advice"]["batch_size"]))
         expect(page.locator("#snippet")).to_have_text(recommendation["snippet"])
+        steps = ", ".join(f"{phase} {n}" for phase, n in job["result"]["phase_steps"].items())
+        expect(page.locator("#rec-facts")).to_contain_text(steps)  # the job's cost, phase by phase
+        advice = job["result"]["batch_advice"]
+        expect(page.locator("#batch-facts")).to_contain_text("Noise scale along training")
+        if advice["batch_schedule"] is None:  # declined: the reason is shown instead
+            expect(page.locator("#batch-facts")).to_contain_text(advice["batch_schedule_reason"])
         for kind in ("lr_range", "batch_size"):
             page.wait_for_function(
                 "kind => { const img = document.querySelector(`#plot-${kind} img`);"

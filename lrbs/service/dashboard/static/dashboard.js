@@ -56,6 +56,24 @@
     node.textContent = cancelling && !ENDED.includes(state) ? `${state} · cancelling` : state;
   }
 
+  // The batch-size schedule's stages and predicted saving, or why there is none.
+  function batchSchedule(advice) {
+    const plan = advice.batch_schedule;
+    if (!plan) return advice.batch_schedule_reason || null;
+    const stages = plan.stages.map((s) => `from step ${s.from_step}: ${s.effective_batch_size}`).join(", ");
+    return `${stages} (predicted ${Math.round(100 * plan.step_saving)}% fewer optimizer steps)`;
+  }
+
+  // What each of world_size ranks runs, when the advice is for more than one device.
+  function dataParallel(dp) {
+    if (!dp || dp.world_size <= 1) return null;
+    return (
+      `${dp.world_size} devices × ${dp.micro_batch_size} × ${dp.grad_accumulation_steps} accumulation = ` +
+      `global batch ${dp.global_batch_size} at LR ${fmtLr(dp.global_lr)}; ` +
+      `predicted ${fmtNum(dp.fleet_samples_per_s)} samples/s (all-reduce ${fmtNum(1000 * dp.allreduce_s)} ms a step)`
+    );
+  }
+
   // <dl> rows from [term, value] pairs; rows whose value is null are left out.
   function facts(dl, rows) {
     dl.replaceChildren();
@@ -316,6 +334,14 @@
           ["Rule", rec.rule],
           ["Why this LR", rec.reason],
           ["Range test", `${result.sweeps} sweep(s), ${result.steps_run} steps, ${result.stop_reason}`],
+          [
+            "Optimizer steps",
+            Object.keys(result.phase_steps || {}).length
+              ? Object.entries(result.phase_steps)
+                  .map(([phase, n]) => `${phase} ${n}`)
+                  .join(", ")
+              : null,
+          ],
         ]);
         $("snippet").textContent = rec.snippet;
         $("snippet-card").hidden = false;
@@ -341,6 +367,16 @@
               ? `${fmtNum(noise.b_noise)} (95%: ${fmtNum(noise.low)} – ${fmtNum(noise.high)})`
               : null,
           ],
+          [
+            "Noise scale along training",
+            advice.noise_trajectory && advice.noise_trajectory.length
+              ? advice.noise_trajectory
+                  .map((p) => `step ${p.step}: ${p.b_noise == null ? "–" : fmtNum(p.b_noise)}`)
+                  .join(", ")
+              : null,
+          ],
+          ["Batch-size warm-up", batchSchedule(advice)],
+          ["Data-parallel", dataParallel(advice.data_parallel)],
           ["Why", advice.reason],
         ]);
         $("candidate-rows").replaceChildren(

@@ -147,9 +147,11 @@ def test_isotonic_fit_pools_dips():
 
 
 def test_a_real_job_returns_a_trajectory_and_a_schedule_or_a_reason():
-    advice = advise(job(batch_sizes=[16, 64, 256], lr_scaling="linear", train_steps=150)).batch_advice
+    result = advise(job(batch_sizes=[16, 64, 256], lr_scaling="linear", train_steps=150))
+    advice = result.batch_advice
     points = advice.noise_trajectory
     assert [p.step for p in points] == [0, 10, 30, 100, 150] and advice.trajectory_steps == 150
+    assert result.phase_steps["noise_scale"] == 150  # the trajectory's training counts in the job's cost
     assert advice.noise_scale.after_steps == max(p.step for p in points if p.b_noise is not None)
     assert advice.batch_schedule_reason
     schedule = advice.batch_schedule

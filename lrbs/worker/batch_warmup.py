@@ -66,6 +66,7 @@ def measure_trajectory(job: JobContext, sizes: list[int], lr: float, batch: int)
             break  # diverged: later points would measure NaN
         points.append(_point(job, model, big_batches, small, done, per_step))
     model.zero_grad(set_to_none=True)
+    job.report.add_steps(done)  # this loop steps its own model: count its steps as the job's trainings do
     return points, done
 
 

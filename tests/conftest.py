@@ -86,6 +86,22 @@ MINIMAL_SPEC = {
 }
 
 
+def batch_job(**parts):
+    """A JobSpec for batch-size advice tests: an MLP on 2,048 samples, one quick 60-step sweep at batch 32."""
+    from lrbs.contract.job_spec import JobSpec
+
+    return JobSpec.model_validate(
+        {
+            "model": {"name": "mlp", "params": {"hidden": [64]}},
+            "dataset": {"name": "synthetic_classification", "params": {"n_samples": 2048}},
+            "optimizer": {"name": "sgd", "params": {"momentum": 0.9}},
+            "device": "cpu",
+            "lr_range": {"batch_size": 32, "num_steps": 60, "min_lr": 1e-4, "thoroughness": "quick"},
+            **parts,
+        }
+    )
+
+
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory):
     """tests/plugin_package installed for real (pip, into a folder), to be put on sys.path or PYTHONPATH."""

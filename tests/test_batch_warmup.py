@@ -8,28 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from lrbs.contract.job_spec import JobSpec
 from lrbs.contract.resources import Progress
 from lrbs.worker import batch_schedule as bs
 from lrbs.worker.advise import advise
 from lrbs.worker.batch_warmup import checkpoints, measure_trajectory
 from lrbs.worker.job import JobContext
+from tests.conftest import batch_job
 
 SIZES = [8, 16, 32, 64, 128, 256, 512, 1024]
 AFFINE_TIME = {b: 1e-3 + b * 1e-5 for b in SIZES}  # 1 ms a step plus 10 µs a sample
-
-
-def job(**parts) -> JobSpec:
-    return JobSpec.model_validate(
-        {
-            "model": {"name": "mlp", "params": {"hidden": [64]}},
-            "dataset": {"name": "synthetic_classification", "params": {"n_samples": 2048}},
-            "optimizer": {"name": "sgd", "params": {"momentum": 0.9}},
-            "device": "cpu",
-            "lr_range": {"batch_size": 32, "num_steps": 60, "min_lr": 1e-4, "thoroughness": "quick"},
-            **parts,
-        }
-    )
 
 
 # ---- the trajectory, measured on a real training --------------------------------------------------------
@@ -43,7 +30,7 @@ def test_checkpoints_are_log_spaced_and_end_at_the_budget():
 
 def test_the_trajectory_grows_from_initialisation_and_every_point_has_an_interval():
     reports: list[Progress] = []
-    context = JobContext.build(job(train_steps=120), reports.append)
+    context = JobContext.build(batch_job(train_steps=120), reports.append)
     points, steps = measure_trajectory(context, [16, 256], lr=0.05, batch=32)
     assert steps == 120
     assert [p.step for p in points] == [0, 10, 30, 100, 120]
@@ -60,7 +47,7 @@ def test_the_trajectory_grows_from_initialisation_and_every_point_has_an_interva
 
 
 def test_a_diverging_training_ends_the_trajectory_without_failing_the_job():
-    context = JobContext.build(job(train_steps=100, optimizer={"name": "sgd"}), lambda _p: None)
+    context = JobContext.build(batch_job(train_steps=100, optimizer={"name": "sgd"}), lambda _p: None)
     points, steps = measure_trajectory(context, [16, 256], lr=1e6, batch=32)
     assert points[0].step == 0 and points[0].b_noise is not None  # measured before the first step
     assert len(points) < 5 and steps < 100  # it stopped at the first checkpoint after the loss blew up
@@ -147,7 +134,7 @@ def test_isotonic_fit_pools_dips():
 
 
 def test_a_real_job_returns_a_trajectory_and_a_schedule_or_a_reason():
-    result = advise(job(batch_sizes=[16, 64, 256], lr_scaling="linear", train_steps=150))
+    result = advise(batch_job(batch_sizes=[16, 64, 256], lr_scaling="linear", train_steps=150))
     advice = result.batch_advice
     points = advice.noise_trajectory
     assert [p.step for p in points] == [0, 10, 30, 100, 150] and advice.trajectory_steps == 150
@@ -166,7 +153,7 @@ def test_a_real_job_returns_a_trajectory_and_a_schedule_or_a_reason():
 
 
 def test_a_fixed_effective_batch_gets_no_schedule():
-    advice = advise(job(batch_sizes=[16, 256], target_effective_batch=512, train_steps=40)).batch_advice
+    advice = advise(batch_job(batch_sizes=[16, 256], target_effective_batch=512, train_steps=40)).batch_advice
     assert advice.batch_schedule is None and "target_effective_batch" in advice.batch_schedule_reason
     assert advice.noise_trajectory  # measured all the same
 

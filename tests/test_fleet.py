@@ -18,7 +18,7 @@ from lrbs.worker import fleet
 from lrbs.worker.advise import advise
 from lrbs.worker.batch_advice import _fixed_effective_batch, fleet_speeds, nearest_target
 from lrbs.worker.probes.batch_size import StepProbe
-from tests.conftest import MINIMAL_SPEC
+from tests.conftest import MINIMAL_SPEC, batch_job
 
 # ------------------------------------------------------------------------------------------- arithmetic
 
@@ -54,7 +54,7 @@ def test_accumulation_reaches_the_global_target_and_may_overshoot():
 
 def test_the_target_picks_the_fastest_micro_batch_that_comes_nearest_it():
     probes = [StepProbe(b, True, None, t) for b, t in ((16, 0.01), (64, 0.02), (256, 0.05))]
-    spec = job(batch_sizes=[16, 64, 256], world_size=8, target_effective_batch=1000, interconnect_gbps=1e-3)
+    spec = batch_job(batch_sizes=[16, 64, 256], world_size=8, target_effective_batch=1000, interconnect_gbps=1e-3)
     accumulations, speeds = fleet_speeds(spec, probes, gradient_bytes=8000)
     assert accumulations == {16: 8, 64: 2, 256: 1}  # 1024, 1024, 2048 samples per step
     allreduce = 2 * 7 / 8 * 8000 / 1e6  # 14 ms at 1 MB/s
@@ -119,22 +119,9 @@ def test_the_global_lr_follows_the_scaling_rule_from_the_measured_batch():
 # ------------------------------------------------------------------------------------------- a real job
 
 
-def job(**parts) -> JobSpec:
-    return JobSpec.model_validate(
-        {
-            "model": {"name": "mlp", "params": {"hidden": [64]}},
-            "dataset": {"name": "synthetic_classification", "params": {"n_samples": 2048}},
-            "optimizer": {"name": "sgd", "params": {"momentum": 0.9}},
-            "device": "cpu",
-            "lr_range": {"batch_size": 32, "num_steps": 60, "min_lr": 1e-4, "thoroughness": "quick"},
-            **parts,
-        }
-    )
-
-
 def test_a_job_advised_for_8_devices_is_consistent():
     # 1 MB/s: a slow interconnect, so the all-reduce shows in the prediction
-    spec = job(
+    spec = batch_job(
         batch_sizes=[16, 64, 256], lr_scaling="linear", world_size=8, target_effective_batch=1000,
         interconnect_gbps=1e-3,
     )  # fmt: skip

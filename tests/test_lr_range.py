@@ -159,6 +159,22 @@ def test_every_supported_optimizer_is_copied(cls) -> None:
         assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(state_after[idx][k])) for k, v in entry.items())
 
 
+def loss_after_one_step_by_hand(
+    model: nn.Module, opt: torch.optim.Optimizer, batches, lr: float, drop_state: bool = False
+) -> float:
+    """On copies of the caller's model and optimizer: one step on batch 0 at `lr`, then the loss on batch 1 (what
+    the range test records as its second point). `drop_state`: the copy starts without momentum or moments."""
+    by_hand_model, by_hand_opt = copy.deepcopy((model, opt))  # one deepcopy keeps params and state linked
+    if drop_state:
+        by_hand_opt.state.clear()
+    by_hand_opt.param_groups[0]["lr"] = lr
+    (x0, y0), (x1, y1) = batches[0], batches[1]
+    by_hand_opt.zero_grad(set_to_none=True)
+    CE(by_hand_model(x0), y0).backward()
+    by_hand_opt.step()
+    return CE(by_hand_model(x1), y1).item()
+
+
 def test_a_tensor_lr_is_the_copys_own() -> None:
     """Optimizers may keep lr as a tensor, which set_lr fills in place: it must be a copy's tensor, not the caller's."""
     model, batches = make_model(), make_batches()
@@ -180,13 +196,7 @@ def test_the_copy_steps_exactly_like_the_callers_optimizer(cls, kwargs: dict) ->
         opt.step()
     result = lr_range_test(model, CE, opt, batches, min_lr=1e-3, max_lr=1e-2, num_steps=2, smoothing=0.0)
 
-    by_hand_model, by_hand_opt = copy.deepcopy((model, opt))  # one deepcopy keeps params and state linked
-    by_hand_opt.param_groups[0]["lr"] = result.lrs[0]
-    (x0, y0), (x1, y1) = batches[0], batches[1]
-    by_hand_opt.zero_grad(set_to_none=True)
-    CE(by_hand_model(x0), y0).backward()
-    by_hand_opt.step()
-    assert result.losses[1] == CE(by_hand_model(x1), y1).item()
+    assert result.losses[1] == loss_after_one_step_by_hand(model, opt, batches, result.lrs[0])
 
 
 def test_caller_state_is_untouched_when_on_progress_aborts() -> None:
@@ -206,22 +216,10 @@ def test_probe_continues_from_the_callers_optimizer_state() -> None:
     model, opt, batches = warmed_up()
     result = lr_range_test(model, CE, opt, batches, min_lr=1e-2, max_lr=1.0, num_steps=10)
 
-    by_hand_model, by_hand_opt = copy.deepcopy((model, opt))  # one deepcopy keeps params and state linked
-    by_hand_opt.param_groups[0]["lr"] = result.lrs[0]
-    (x0, y0), (x1, y1) = batches[0], batches[1]
-    by_hand_opt.zero_grad(set_to_none=True)
-    CE(by_hand_model(x0), y0).backward()
-    by_hand_opt.step()
-    assert result.losses[1] == CE(by_hand_model(x1), y1).item()
+    assert result.losses[1] == loss_after_one_step_by_hand(model, opt, batches, result.lrs[0])
 
     # Without the momentum buffers the step (and so the loss) differs: the comparison above is not vacuous.
-    by_hand_model, by_hand_opt = copy.deepcopy((model, opt))
-    by_hand_opt.state.clear()
-    by_hand_opt.param_groups[0]["lr"] = result.lrs[0]
-    by_hand_opt.zero_grad(set_to_none=True)
-    CE(by_hand_model(x0), y0).backward()
-    by_hand_opt.step()
-    assert result.losses[1] != CE(by_hand_model(x1), y1).item()
+    assert result.losses[1] != loss_after_one_step_by_hand(model, opt, batches, result.lrs[0], drop_state=True)
 
 
 # --- stopping ---------------------------------------------------------------------------------------

@@ -246,7 +246,7 @@ def workers(svc: Service, count: int, folder: Path, wait: float = 20.0) -> Itera
         for i in range(count):
             with open(folder / f"worker-{i}.log", "wb") as out:
                 command = [sys.executable, "-m", "lrbs.worker", "--url", svc.url, "--worker-id", f"bench-{i}",
-                           "--wait", str(wait)]  # fmt: skip
+                           "--wait", str(wait), "--threads", str(max(1, (os.cpu_count() or 1) // count))]  # fmt: skip
                 procs.append(subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT))
         yield procs
     finally:

@@ -15,7 +15,8 @@ distributions merged, as a load balancer in front of replicas would spread it). 
 completed over the worker protocol with a result shaped like a real one (about 25 kB of JSON) and a few left
 queued, so the newest page of 50 holds 40 succeeded and 10 queued jobs. Then wrk (one thread: it leaves the
 cores to the server) holds a fixed number of keep-alive connections open against one endpoint at a time, a
-closed loop: latency ≈ connections / throughput once the server is busy.
+closed loop: latency ≈ connections / throughput once the server is busy. Each cell starts with --warmup seconds
+of the same load, not measured: the steady state is what counts, not a fresh process opening its connections.
 
 Prints a markdown table: requests/s, p50, p99, errors (non-2xx answers, socket errors and timeouts), the
 server's own CPU time per request (steadier than requests/s on a shared machine) and the load average when
@@ -172,13 +173,14 @@ def seed(http: httpx.Client, jobs: int) -> tuple[str, str]:
 
 
 def profile(pids: list[int], seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
-    """py-spy record (collapsed stacks, GIL-holding and idle threads left out) on the first server process."""
+    """py-spy record on the first server process: collapsed stacks of the thread holding the GIL, i.e. where the
+    Python CPU goes (time in C with the GIL released, such as SQLite's own work, is not counted)."""
     spy = Path(sys.executable).parent / "py-spy"
     if not spy.exists():
         print(f"(no {spy}: pip install py-spy to profile)", file=sys.stderr)
         return None
     command = [str(spy), "record", "--pid", str(pids[0]), "--duration", str(int(seconds)), "--rate", "250",
-               "--format", "raw", "--output", str(out), "--nonblocking"]  # fmt: skip
+               "--format", "raw", "--output", str(out), "--nonblocking", "--gil"]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -237,6 +239,9 @@ def run_cells(args: argparse.Namespace) -> list[Cell]:
                             method = "POST" if endpoint == "post" else "GET"
                             body = harness.TINY_SPEC if endpoint == "post" else None
                             script = wrk_script(folder, method, key, body)
+                            urls = [base + paths[endpoint] for base in svc.urls]
+                            if args.warmup:  # unmeasured: connections opened, caches and statement caches filled
+                                run_wrk(urls, script, args.connections, args.warmup)
                             pids = svc.server_pids()
                             cpu = sum(harness.cpu_seconds(p) for p in pids)
                             spy = None
@@ -244,7 +249,6 @@ def run_cells(args: argparse.Namespace) -> list[Cell]:
                                 args.profile_dir.mkdir(parents=True, exist_ok=True)
                                 out = args.profile_dir / f"{database}-{processes}p-{endpoint}.txt"
                                 spy = profile(pids, args.duration, out)
-                            urls = [base + paths[endpoint] for base in svc.urls]
                             found = run_wrk(urls, script, args.connections, args.duration)
                             cpu = sum(harness.cpu_seconds(p) for p in pids) - cpu
                             if spy is not None:
@@ -276,6 +280,7 @@ def main() -> None:
     parser.add_argument("--processes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     parser.add_argument("--endpoints", type=lambda s: s.split(","), default=list(ENDPOINTS), help=",".join(ENDPOINTS))
     parser.add_argument("--duration", type=int, default=8, help="seconds of load per cell")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load before each cell")
     parser.add_argument("--connections", type=int, default=16, help="wrk's open connections (the concurrency)")
     parser.add_argument("--seed-jobs", type=int, default=200, help="jobs in the database before the load")
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between cells (let the machine settle)")

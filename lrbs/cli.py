@@ -137,6 +137,8 @@ class EmbeddedWorkers(threading.Thread):
     def spawn(self, i: int) -> None:
         # -P: the current folder is not put on sys.path, so a worker.py or lrbs/ there cannot stand in for ours.
         command = [sys.executable, "-P", "-m", "lrbs.worker", "--url", self.url, "--worker-id", f"embedded-{i}"]
+        if self.count > 1 and "LRBS_WORKER_THREADS" not in self.env:  # they share this machine's cores: split them
+            command += ["--threads", str(max(1, (os.cpu_count() or 1) // self.count))]
         self.children[i] = subprocess.Popen(command, env=self.env, preexec_fn=_die_with_parent)
 
     def run(self) -> None:

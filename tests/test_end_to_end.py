@@ -58,6 +58,15 @@ def test_default_spec_gets_a_recommendation_in_the_falling_region_and_survives_a
         assert http.get(f"/v1/jobs/{job['id']}").json() == job
 
 
+def test_embedded_workers_split_the_cores_between_them(tmp_path):
+    """Two workers on one machine would each take every core and slow each other down: `lrbs serve --workers 2`
+    gives each half (the job's environment says how many threads it ran with)."""
+    with service(sqlite_url(tmp_path), tmp_path, workers=2) as http:
+        job = wait_for(http, http.post("/v1/jobs", json=MINIMAL_SPEC).json()["id"])
+    assert job["state"] == "succeeded", job
+    assert job["result"]["environment"]["cpu_threads"] == max(1, (os.cpu_count() or 1) // 2)
+
+
 def test_cancel_a_running_job(tmp_path):
     long_job = {
         **MINIMAL_SPEC,

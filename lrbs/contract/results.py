@@ -245,6 +245,7 @@ class Environment(Model):
     torch: str
     python: str
     lrbs: str
+    cpu_threads: int | None = Field(None, description="PyTorch's CPU threads in the job (the worker's --threads).")
 
 
 class Result(Model):

@@ -34,7 +34,7 @@ class Caller:
 OPEN = Caller(key_id=None, admin=True)
 
 
-def _digest(key: str) -> str:
+def digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -44,7 +44,7 @@ def create(session: Session, name: str, admin: bool = False) -> tuple[ApiKeyRow,
         raise Conflict(f"an active key is already named {name!r}; revoke it first or pick another name")
     key_id = secrets.token_hex(6)
     plain = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-    row = ApiKeyRow(id=key_id, name=name, key_sha256=_digest(plain), admin=admin, created_at=datetime.now(UTC))
+    row = ApiKeyRow(id=key_id, name=name, key_sha256=digest(plain), admin=admin, created_at=datetime.now(UTC))
     session.add(row)
     session.flush()
     return row, plain
@@ -79,7 +79,7 @@ def authenticate(session: Session, authorization: str) -> Caller:
     found = None
     if scheme.lower() == "bearer" and key.startswith(PREFIX):
         found = session.scalars(
-            select(ApiKeyRow).where(ApiKeyRow.key_sha256 == _digest(key.strip()), ApiKeyRow.revoked_at.is_(None))
+            select(ApiKeyRow).where(ApiKeyRow.key_sha256 == digest(key.strip()), ApiKeyRow.revoked_at.is_(None))
         ).first()
     if found is None:
         if not any_active(session):

@@ -15,9 +15,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, String, cast, exists, func, literal, select, type_coerce, update
+from sqlalchemy import JSON, ColumnElement, String, cast, exists, func, insert, literal, select, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Session, defer, with_expression
+from sqlalchemy.orm import Session, load_only
 
 from lrbs.contract.job_spec import JobSpec
 from lrbs.contract.resources import TERMINAL_STATES, JobErrorDetail, JobState, Progress, WorkerInfo, WorkerOut
@@ -70,7 +70,7 @@ def submit(
                 retry_after=RETRY_AFTER_SECONDS,
             )
     now = utcnow()
-    job = JobRow(
+    values = dict(
         id=new_job_id(),
         state=JobState.queued,
         spec=spec.model_dump(mode="json"),
@@ -78,21 +78,29 @@ def submit(
         created_at=now,
         updated_at=now,
         attempts=0,
+        heartbeats=0,
         max_attempts=settings.max_attempts,
         cancel_requested=False,
         dataset_id=dataset_id,
         owner_key_id=owner_key_id,
         requirements=(requirements or scheduling.requirements(spec)).model_dump(),
     )
-    session.add(job)
-    session.flush()
-    session.add_all(JobLabelRow(job_id=job.id, key=k, value=v) for k, v in spec.labels.items())
-    return job
+    # Core inserts: the ORM's unit of work cost a third of a submit's CPU. The row returned is not in the session.
+    session.execute(insert(JobRow), [values])
+    if spec.labels:
+        session.execute(
+            insert(JobLabelRow), [{"job_id": values["id"], "key": k, "value": v} for k, v in spec.labels.items()]
+        )
+    return JobRow(**values)
 
 
-def get(session: Session, job_id: str, caller: Caller = OPEN) -> JobRow:
-    """The job, if it exists and `caller` may see it (a key sees only its own jobs: 404 for others')."""
-    job = session.get(JobRow, job_id)
+HEAD = (JobRow.id, JobRow.state, JobRow.owner_key_id, JobRow.created_at, JobRow.updated_at)
+
+
+def get(session: Session, job_id: str, caller: Caller = OPEN, head_only: bool = False) -> JobRow:
+    """The job, if it exists and `caller` may see it (a key sees only its own jobs: 404 for others').
+    `head_only`: only the HEAD columns are read now (any other is read when used, one query each)."""
+    job = session.get(JobRow, job_id, options=[load_only(*HEAD)] if head_only else None)
     if job is None or not caller.owns(job.owner_key_id):
         raise NotFound(f"no job {job_id!r}")
     return job
@@ -146,13 +154,10 @@ def list_jobs(
     page_token: str | None,
     caller: Caller = OPEN,
     labels: dict[str, str] | None = None,
-    summary: bool = False,
+    head_only: bool = False,
 ) -> tuple[list[JobRow], str | None]:
-    """A page of jobs, newest first. `summary`: each job's `result` is left unread and `result_summary` holds it
-    without its curves, cut out by the database."""
-    query = select(JobRow)
-    if summary:
-        query = query.options(defer(JobRow.result), with_expression(JobRow.result_summary, _without_curves(session)))
+    """A page of jobs, newest first; `head_only`: as in `get`."""
+    query = select(JobRow).options(load_only(*HEAD)) if head_only else select(JobRow)
     for key, value in (labels or {}).items():
         query = query.where(
             exists().where(JobLabelRow.job_id == JobRow.id, JobLabelRow.key == key, JobLabelRow.value == value)
@@ -167,7 +172,8 @@ def list_jobs(
 CURVE_KEYS = ("curve", "sweep_curves")  # the bulk of a result: what the summary view leaves out
 
 
-def _without_curves(session: Session) -> ColumnElement[Any]:
+def without_curves(session: Session) -> ColumnElement[Any]:
+    """A job's result without its curves, cut out by the database (the summary view)."""
     if session.get_bind().dialect.name == "postgresql":
         trimmed: ColumnElement[Any] = cast(JobRow.result, JSONB)
         for key in CURVE_KEYS:

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     retention_days: float | None = Field(
         None, gt=0, description="Ended jobs and unused uploads are deleted after this many days (unset: kept)."
     )
+    api_key_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="A replica trusts a key it has found valid this long without asking the database again, so a "
+        "revoked key may still work this long on a replica that saw it. 0: ask every time.",
+    )
     max_active_jobs_per_key: int = Field(100, gt=0, description="Queued and running jobs one API key may have.")
     max_stored_mb_per_key: float = Field(10_240, gt=0, description="Upload bytes one API key may keep stored, in MiB.")
     max_columns: int = Field(100_000, gt=0, description="Most columns a CSV or Parquet upload may have.")

@@ -38,18 +38,27 @@ def largest_memory_gb(workers: list[WorkerOut]) -> float | None:
     return max(sizes) if sizes else None
 
 
-def list_workers(session: Session, settings: Settings) -> list[WorkerOut]:
+def list_workers(session: Session, settings: Settings, online_only: bool = False) -> list[WorkerOut]:
+    """Every worker heard from, newest first, each with the job it runs; `online_only`: those seen within
+    LRBS_WORKER_ONLINE_SECONDS (all that scheduling looks at: a long-lived fleet leaves many offline rows)."""
     cutoff = utcnow() - timedelta(seconds=settings.worker_online_seconds)
-    running = dict(session.execute(select(JobRow.worker_id, JobRow.id).where(JobRow.state == JobState.running)).all())
-    rows = session.scalars(select(WorkerRow).order_by(WorkerRow.last_seen_at.desc())).all()
+    running = (
+        select(JobRow.id)
+        .where(JobRow.worker_id == WorkerRow.id, JobRow.state == JobState.running)
+        .limit(1)
+        .scalar_subquery()
+    )
+    query = select(WorkerRow, running).order_by(WorkerRow.last_seen_at.desc())
+    if online_only:
+        query = query.where(WorkerRow.last_seen_at >= cutoff)
     return [
         WorkerOut(
             id=w.id,
             online=w.last_seen_at >= cutoff,
-            running_job_id=running.get(w.id),
+            running_job_id=job_id,
             info=w.info,
             first_seen_at=w.first_seen_at,
             last_seen_at=w.last_seen_at,
         )
-        for w in rows
+        for w, job_id in session.execute(query).all()
     ]

@@ -66,6 +66,15 @@ import click
     help="Memory ceiling of one job's process; past it the job is stopped and fails (env LRBS_JOB_MEMORY_GB; "
     "default 80% of the machine's memory).",
 )
+@click.option(
+    "--threads",
+    envvar="LRBS_WORKER_THREADS",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="CPU threads each job's PyTorch may use (env LRBS_WORKER_THREADS; 0: PyTorch's default, one per core). "
+    "Workers sharing a machine's CPUs should split them: two workers on 8 cores, 4 each.",
+)
 def main(
     url: str,
     token: str,
@@ -77,12 +86,14 @@ def main(
     memory_headroom: float,
     log_format: str,
     job_memory_gb: float | None,
+    threads: int,
 ) -> None:
     """Pull jobs from an lrbs service, run their probes with PyTorch, report the results."""
     from lrbs import logs
 
     logs.configure(log_format)
     os.environ["LRBS_LOG_FORMAT"] = log_format  # the job processes log the same way
+    os.environ["LRBS_WORKER_THREADS"] = str(threads)  # and use as many threads
     from lrbs.worker.plugins import PluginPolicy  # torch loads with the runner, not when --help is asked
     from lrbs.worker.runner import Worker
 

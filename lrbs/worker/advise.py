@@ -75,6 +75,7 @@ def advise(
             torch=torch.__version__,
             python=platform.python_version(),
             lrbs=lrbs.__version__,
+            cpu_threads=torch.get_num_threads(),
         ),
         wall_time_s=time.perf_counter() - started,
         phase_seconds=job.report.totals(),

@@ -111,8 +111,12 @@ def _child(control: Connection, conn: Connection) -> None:
 
 
 def prepare_device() -> None:
-    """Create the CUDA context and load cuDNN now (seconds on a GPU machine); nothing to do on a CPU."""
+    """Create the CUDA context and load cuDNN now (seconds on a GPU machine); nothing to do on a CPU. Take the
+    worker's --threads."""
     import torch
+
+    if threads := int(os.environ.get("LRBS_WORKER_THREADS") or 0):
+        torch.set_num_threads(threads)
 
     if torch.cuda.is_available():
         torch.empty(1, device="cuda").add_(1)

@@ -5,9 +5,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from lrbs.service import api_keys
 from lrbs.service.api_keys import Caller
+from lrbs.service.caches import TTLCache
 from lrbs.service.db import reading
 from lrbs.service.errors import Unauthorized
 from lrbs.service.settings import Settings
@@ -34,10 +36,25 @@ def require_worker(request: Request) -> None:
         )
 
 
-def get_caller(request: Request) -> Caller:
-    """Public endpoints: who is calling (an API key, or anyone while no key exists). Worker tokens are not keys."""
-    with reading(request.app.state.sessions) as session:
-        return api_keys.authenticate(session, request.headers.get("authorization", ""))
+async def get_caller(request: Request) -> Caller:
+    """Public endpoints: who is calling (an API key, or anyone while no key exists). Worker tokens are not keys.
+
+    A key found valid is remembered for LRBS_API_KEY_CACHE_SECONDS, so most requests skip the database and the
+    thread-pool hop here; only valid keys are remembered, so a new key closes an open API at once."""
+    authorization = request.headers.get("authorization", "")
+    known: TTLCache[Caller] = request.app.state.key_cache
+    digest = api_keys.digest(authorization)
+    if (caller := known.get(digest)) is not None:
+        return caller
+
+    def authenticate() -> Caller:
+        with reading(request.app.state.sessions) as session:
+            return api_keys.authenticate(session, authorization)
+
+    caller = await run_in_threadpool(authenticate)
+    if caller.key_id is not None:
+        known.put(digest, caller)
+    return caller
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,19 +1,25 @@
 """/v1/jobs: submit, read, list and cancel advice jobs."""
 
+import json
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, defer, with_expression
 from starlette.concurrency import run_in_threadpool
 
 from lrbs.contract.builtins import BuiltinDatasetSpec
 from lrbs.contract.job_spec import JobSpec, UploadedDataset
-from lrbs.contract.resources import Job, JobPage, JobState, WorkerOut
+from lrbs.contract.resources import TERMINAL_STATES, Job, JobPage, JobState, WorkerOut
 from lrbs.service import admission, dataset_store, idempotency, queue, scheduling, worker_registry
 from lrbs.service.api.deps import CallerDep, SessionsDep, SettingsDep
+from lrbs.service.caches import LRU
 from lrbs.service.db import reading, transaction
-from lrbs.service.errors import Unprocessable
+from lrbs.service.errors import NotFound, Unprocessable
 from lrbs.service.limits import check_limits
+from lrbs.service.settings import Settings
 from lrbs.service.tables import JobRow
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -54,7 +60,7 @@ SUBMIT_EXAMPLES: dict[str, Any] = {
 
 def to_resource(job: JobRow, workers: list[WorkerOut] | None = None, summary: bool = False) -> Job:
     """The API's view of a job; given the workers, a queued job says what it waits for if none can run it.
-    `summary`: a row read by queue.list_jobs(summary=True), whose result comes without its curves."""
+    `summary`: the job's `result_summary` (its result without the curves) stands for its result."""
     if summary:
         fields = {name: getattr(job, name) for name in Job.model_fields if name not in ("result", "waiting_for")}
         trimmed = job.result_summary
@@ -92,14 +98,14 @@ async def submit_job(
     ] = None,
 ) -> Job:
     check_limits(spec, settings)
-    digest = idempotency.body_digest(spec)
+    digest = idempotency.body_digest(spec) if idempotency_key else ""
 
     def write() -> Job:
         with transaction(sessions) as session:
             if idempotency_key and (earlier := idempotency.replay(session, caller, idempotency_key, digest)):
                 return to_resource(earlier)
             dataset_id, need = None, None
-            workers = worker_registry.list_workers(session, settings)
+            workers = worker_registry.list_workers(session, settings, online_only=True)
             largest = worker_registry.largest_memory_gb(workers)
             if isinstance(spec.dataset, UploadedDataset):  # its shape is known only from the stored upload
                 row, shape = dataset_store.shape_for_job(session, spec.dataset, caller)
@@ -128,17 +134,65 @@ async def submit_job(
     return job
 
 
+View = Literal["full", "summary"]
+
+
+def serialized(
+    session: Session,
+    jobs: list[JobRow],
+    view: View,
+    settings: Settings,
+    ended: LRU[tuple[datetime, bytes]],
+    complete: bool = False,
+) -> list[bytes]:
+    """The JSON of each job as the API shows it, for GET /v1/jobs/{id} and list pages alike.
+
+    Clients poll, and an ended job never changes: its body is kept per replica with its updated_at, so a repeat
+    costs reading a few columns (still there? still theirs? the same?) instead of decoding and re-encoding tens
+    of kB. `jobs` come with those columns only (queue.get / list_jobs with head_only), and the rest of the rows not
+    served from memory is read here in one query; or `complete`: whole rows (with the result for the full view)."""
+    bodies: dict[str, bytes] = {}
+    for job in jobs:
+        hit = ended.get((job.id, view)) if job.state in TERMINAL_STATES else None
+        if hit is not None and hit[0] == job.updated_at:
+            bodies[job.id] = hit[1]
+    rows = [job for job in jobs if job.id not in bodies]
+    if rows and not complete:
+        query = select(JobRow).where(JobRow.id.in_([row.id for row in rows]))
+        if view == "summary":
+            query = query.options(
+                defer(JobRow.result), with_expression(JobRow.result_summary, queue.without_curves(session))
+            )
+        rows = list(session.scalars(query.execution_options(populate_existing=True)))
+    queued = any(row.state == JobState.queued for row in rows)
+    workers = worker_registry.list_workers(session, settings, online_only=True) if queued else None
+    for row in rows:
+        body = to_resource(row, workers, summary=view == "summary").model_dump_json(by_alias=True).encode()
+        if row.state in TERMINAL_STATES:
+            ended.put((row.id, view), (row.updated_at, body))
+        bodies[row.id] = body
+    return [bodies[job.id] for job in jobs if job.id in bodies]  # a job deleted in between: left out
+
+
 @router.get("/{job_id}", response_model=Job, summary="Get a job")
-def get_job(job_id: str, sessions: SessionsDep, settings: SettingsDep, caller: CallerDep) -> Job:
-    with reading(sessions) as session:
-        job = queue.get(session, job_id, caller)
-        return to_resource(
-            job, worker_registry.list_workers(session, settings) if job.state == JobState.queued else None
-        )
+async def get_job(job_id: str, request: Request, sessions: SessionsDep, settings: SettingsDep, caller: CallerDep):
+    # One thread-pool hop for all the work; the body is built by `serialized`, as FastAPI would build it.
+    def read() -> bytes:
+        ended = request.app.state.ended_jobs
+        with reading(sessions) as session:
+            known = ended.get((job_id, "full")) is not None  # then its head may be enough
+            job = queue.get(session, job_id, caller, head_only=known)
+            found = serialized(session, [job], "full", settings, ended, complete=not known)
+            if not found:  # deleted since it was looked up
+                raise NotFound(f"no job {job_id!r}")
+            return found[0]
+
+    return Response(await run_in_threadpool(read), media_type="application/json")
 
 
 @router.get("", response_model=JobPage, summary="List jobs, newest first")
-def list_jobs(
+async def list_jobs(
+    request: Request,
     sessions: SessionsDep,
     settings: SettingsDep,
     caller: CallerDep,
@@ -146,12 +200,10 @@ def list_jobs(
     label: Annotated[
         list[str], Query(description="Only jobs with this label, as key:value; repeat to require several.")
     ] = [],  # noqa: B006 (FastAPI copies the default)
-    view: Annotated[
-        Literal["full", "summary"], Query(description="summary leaves each result's curves out: lists stay small.")
-    ] = "full",
+    view: Annotated[View, Query(description="summary leaves each result's curves out: lists stay small.")] = "full",
     page_size: Annotated[int, Query(ge=1, description="Jobs per page (at most LRBS_MAX_PAGE_SIZE).")] = 50,
     page_token: Annotated[str | None, Query(description="next_page_token of the previous page.")] = None,
-) -> JobPage:
+):
     labels = {}
     for item in label:
         key, sep, value = item.partition(":")
@@ -160,14 +212,15 @@ def list_jobs(
             raise Unprocessable(message, errors=[{"field": "label", "message": message}])
         labels[key] = value
     page_size = min(page_size, settings.max_page_size)
-    with reading(sessions) as session:
-        summary = view == "summary"
-        jobs, token = queue.list_jobs(session, state, page_size, page_token, caller, labels, summary=summary)
-        workers = (
-            worker_registry.list_workers(session, settings) if any(j.state == JobState.queued for j in jobs) else None
-        )
-        resources = [to_resource(j, workers, summary=summary) for j in jobs]
-    return JobPage(jobs=resources, next_page_token=token)
+
+    def read() -> bytes:
+        with reading(sessions) as session:
+            jobs, token = queue.list_jobs(session, state, page_size, page_token, caller, labels, head_only=True)
+            bodies = serialized(session, jobs, view, settings, request.app.state.ended_jobs)
+        # JobPage's JSON, assembled from the bodies: {"jobs": [...], "next_page_token": ...}
+        return b'{"jobs":[' + b",".join(bodies) + b'],"next_page_token":' + json.dumps(token).encode() + b"}"
+
+    return Response(await run_in_threadpool(read), media_type="application/json")
 
 
 @router.post(

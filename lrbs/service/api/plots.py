@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 
@@ -13,12 +11,12 @@ from lrbs import plots
 from lrbs.contract.results import Result
 from lrbs.service import queue
 from lrbs.service.api.deps import CallerDep, SessionsDep
+from lrbs.service.caches import LRU
 from lrbs.service.db import reading
 from lrbs.service.errors import Conflict, NotFound
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 MEDIA_TYPES = {"svg": "image/svg+xml", "png": "image/png"}
-CACHE_ENTRIES = 128  # a plot is 50–150 kB: a few MiB at most
 
 
 class PlotName(StrEnum):
@@ -36,38 +34,11 @@ PARTS: dict[PlotName, tuple[plots.PlotKind, plots.Format]] = {
 }
 
 
-class RenderCache:
-    """The last CACHE_ENTRIES plots rendered, least recently used out first. Rendering takes about a second;
-    a finished result never changes, and its updated_at in the key retires the entry if the job does."""
-
-    def __init__(self, size: int = CACHE_ENTRIES) -> None:
-        self._items: OrderedDict[Any, bytes] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()  # endpoints run in the thread pool
-
-    def get(self, key: Any) -> bytes | None:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-            return self._items.get(key)
-
-    def put(self, key: Any, content: bytes) -> None:
-        with self._lock:
-            self._items[key] = content
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+async def get_plot_cache(request: Request) -> LRU[bytes]:
+    return request.app.state.plot_cache
 
 
-async def get_plot_cache(request: Request) -> RenderCache:
-    # async: runs on the event loop, so two requests cannot both create the app's cache
-    state = request.app.state
-    if not hasattr(state, "plot_cache"):
-        state.plot_cache = RenderCache()
-    return state.plot_cache
-
-
-PlotCacheDep = Annotated[RenderCache, Depends(get_plot_cache)]
+PlotCacheDep = Annotated[LRU[bytes], Depends(get_plot_cache)]
 IMAGE = {"schema": {"type": "string", "format": "binary"}}
 
 
@@ -96,7 +67,7 @@ def get_job_plot(
     if stored is None:
         raise Conflict(f"job {job_id!r} is {state}: plots exist once it has succeeded")
     kind, fmt = PARTS[plot]
-    key = (job_id, plot.value, updated_at)
+    key = (job_id, plot.value, updated_at)  # a finished result never changes; updated_at retires it if the job does
     content = cache.get(key)
     if content is None:
         try:

@@ -37,6 +37,7 @@ class Schedule:
 
     name: ClassVar[str]
     description: ClassVar[str]
+    rising_share: ClassVar[float] = 0.0  # of the steps, where the schedule itself still raises the LR to its peak
 
     def peak_per_lowest(self, family: str | None = None) -> float:
         """The recommended LR is this × the LR where the median range-test curve bottoms out."""
@@ -167,6 +168,7 @@ class OneCycle(Schedule):
     name = "one_cycle"
     description = "torch's OneCycleLR: up from max_lr / div_factor over pct_start, then down"
     div_factor, pct_start, final_div_factor = 25.0, 0.3, 1e4
+    rising_share = pct_start
 
     def params(self, lr: float, steps: int, warmup_steps: int = 0) -> dict[str, Any]:
         return {

@@ -115,6 +115,15 @@ def test_adam_gets_a_warmup_and_says_why():
     assert sgd.warmup_steps == 0 and "pct_start" in sgd.warmup_reason
 
 
+def test_confirmation_runs_are_compared_only_once_the_schedule_has_reached_its_peak():
+    from lrbs.worker.advise import confirm_checkpoints
+
+    assert confirm_checkpoints("constant", 90) == [10, 30]  # a ninth and a third of the run
+    assert confirm_checkpoints("cosine", 900) == [100, 300]
+    # one_cycle rises to its peak over its first 30% (27 steps): a ninth and a third of what follows
+    assert confirm_checkpoints("one_cycle", 90) == [27 + 7, 27 + 21]
+
+
 def test_thorough_confirms_with_short_trainings():
     result = advise(job(schedule="constant", train_steps=60, lr_range={**SWEEP, "thoroughness": "thorough"}))
     rec = result.recommendation

@@ -24,7 +24,9 @@ from lrbs.worker.probes.lr_range import RangeResult, lr_schedule
 
 SWEEPS = {"quick": 1, "standard": 3, "thorough": 3}  # range tests per job, by lr_range.thoroughness
 CONFIRM_MAX_STEPS = 1000  # thorough: longest confirmation run
-CONFIRM_CHECKPOINTS = (1 / 9, 1 / 3)  # shares of a confirmation run where a clearly worse LR is stopped
+# Where a clearly worse LR is stopped: shares of a confirmation run past the schedule's own rise to its peak (none
+# for most; one_cycle's pct_start). While the LR still rises, runs at different peaks are not yet comparable.
+CONFIRM_CHECKPOINTS = (1 / 9, 1 / 3)
 CLEARLY_BEHIND = 0.1  # of the progress from the untrained loss: a gap this large at a checkpoint stops a run
 WARMUP_OPTIMIZERS = ("adam", "adamw")  # Adam-family: moment estimates need a warm-up
 SPIKE_RATIO = 1.5  # a raw loss this far above its smoothed value is a spike
@@ -131,14 +133,15 @@ def confirm(job: JobContext, choice: suggest.Choice, train_steps: int) -> tuple[
 
     Always with thorough; with standard when the sweeps disagree (confidence below high). Staying inside the
     safe range keeps one noisy short run from pulling the LR far off. The suggestion trains first; a later run
-    at a higher LR than the best so far stops at a checkpoint (CONFIRM_CHECKPOINTS of the run) where it is
+    at a higher LR than the best so far stops at a checkpoint (CONFIRM_CHECKPOINTS of the run after the schedule's
+    rise to its peak) where it is
     clearly behind that run at the same step, as in successive halving. Only a higher LR is stopped: early in a
     run the higher LR is usually ahead (short-horizon bias, Wu et al. 2018), so one that trails is worse, while a
     lower LR that trails early often wins at the end."""
     assert choice.lr is not None
     schedule = job.spec.schedule
     steps = min(train_steps, CONFIRM_MAX_STEPS)
-    checkpoints = sorted({max(1, round(f * steps)) for f in CONFIRM_CHECKPOINTS} - {steps})
+    checkpoints = confirm_checkpoints(schedule, steps)
     untrained = job.untrained_loss()
     candidates = [choice.lr, choice.lr_low or choice.lr / 2, choice.lr_high or choice.lr * 2]
     best_at: dict[int, tuple[float, float]] = {}  # per checkpoint: the lowest validation loss so far, and its LR
@@ -174,6 +177,12 @@ def confirm(job: JobContext, choice: suggest.Choice, train_steps: int) -> tuple[
         )
     )
     return replace(choice, lr=best.lr, rule=f"{choice.rule}+confirm", reason=reason), scored
+
+
+def confirm_checkpoints(schedule: str, steps: int) -> list[int]:
+    """The steps of a confirmation run at which a clearly worse LR may be stopped (CONFIRM_CHECKPOINTS)."""
+    rising = round(SCHEDULES[schedule].rising_share * steps)
+    return sorted({max(1, rising + round(f * (steps - rising))) for f in CONFIRM_CHECKPOINTS} - {steps})
 
 
 def clearly_behind(loss: float, best: float, untrained: float) -> bool:

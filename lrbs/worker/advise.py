@@ -24,8 +24,10 @@ from lrbs.worker.probes.lr_range import RangeResult, lr_schedule
 
 SWEEPS = {"quick": 1, "standard": 3, "thorough": 3}  # range tests per job, by lr_range.thoroughness
 CONFIRM_MAX_STEPS = 1000  # thorough: longest confirmation run
-# Where a clearly worse LR is stopped: shares of a confirmation run past the schedule's own rise to its peak (none
-# for most; one_cycle's pct_start). While the LR still rises, runs at different peaks are not yet comparable.
+# Where a clearly worse LR is stopped: shares of a confirmation run. Not under a schedule that rises to its peak
+# (one_cycle): a higher peak trails through the rise and the high-LR middle, then wins in the anneal, so a loss
+# part-way through does not rank the runs (benchmarks/lr_quality: stopping at 1/9 or just after the peak both cost
+# the best LR on images-cnn-momentum).
 CONFIRM_CHECKPOINTS = (1 / 9, 1 / 3)
 CLEARLY_BEHIND = 0.1  # of the progress from the untrained loss: a gap this large at a checkpoint stops a run
 WARMUP_OPTIMIZERS = ("adam", "adamw")  # Adam-family: moment estimates need a warm-up
@@ -133,8 +135,8 @@ def confirm(job: JobContext, choice: suggest.Choice, train_steps: int) -> tuple[
 
     Always with thorough; with standard when the sweeps disagree (confidence below high). Staying inside the
     safe range keeps one noisy short run from pulling the LR far off. The suggestion trains first; a later run
-    at a higher LR than the best so far stops at a checkpoint (CONFIRM_CHECKPOINTS of the run after the schedule's
-    rise to its peak) where it is
+    at a higher LR than the best so far stops at a checkpoint (CONFIRM_CHECKPOINTS of the run; none with one_cycle)
+    where it is
     clearly behind that run at the same step, as in successive halving. Only a higher LR is stopped: early in a
     run the higher LR is usually ahead (short-horizon bias, Wu et al. 2018), so one that trails is worse, while a
     lower LR that trails early often wins at the end."""
@@ -181,8 +183,9 @@ def confirm(job: JobContext, choice: suggest.Choice, train_steps: int) -> tuple[
 
 def confirm_checkpoints(schedule: str, steps: int) -> list[int]:
     """The steps of a confirmation run at which a clearly worse LR may be stopped (CONFIRM_CHECKPOINTS)."""
-    rising = round(SCHEDULES[schedule].rising_share * steps)
-    return sorted({max(1, rising + round(f * (steps - rising))) for f in CONFIRM_CHECKPOINTS} - {steps})
+    if SCHEDULES[schedule].rising_share:
+        return []
+    return sorted({max(1, round(f * steps)) for f in CONFIRM_CHECKPOINTS} - {steps})
 
 
 def clearly_behind(loss: float, best: float, untrained: float) -> bool:

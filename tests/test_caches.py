@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from fastapi.testclient import TestClient
 
 from lrbs.contract.job_spec import JobSpec
@@ -180,3 +181,30 @@ def test_list_pages_are_assembled_from_the_same_bodies_full_and_summary(client):
     assert [j["id"] for j in page["jobs"]] == [queued] and page["next_page_token"]
     assert client.delete(f"/v1/jobs/{done}").status_code == 204
     assert [j.id for j in JobPage.model_validate_json(client.get("/v1/jobs").content).jobs] == [queued]
+
+
+def test_sqlite_writers_of_two_processes_take_turns_on_the_database_file(tmp_path):
+    """Two engines on one file stand for two processes (replicas, or the CLI beside the service): their writers
+    queue on the file's advisory lock; one waits while the other writes, and fails after its timeout."""
+    from sqlalchemy import func, select
+    from sqlalchemy.exc import OperationalError
+
+    from lrbs.service.db import make_engine, make_sessionmaker, transaction, upgrade
+    from lrbs.service.tables import JobRow
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first, second = make_engine(url, timeout_seconds=0.3), make_engine(url, timeout_seconds=0.3)
+    upgrade(first)
+    try:
+        with (
+            transaction(make_sessionmaker(first)),
+            pytest.raises(OperationalError, match="locked"),
+            transaction(make_sessionmaker(second)),
+        ):
+            pass
+        with transaction(make_sessionmaker(second)) as session:  # its turn once the first is done
+            assert session.scalar(select(func.count()).select_from(JobRow)) == 0
+        assert (tmp_path / "shared.db-writer").exists()
+    finally:
+        first.dispose()
+        second.dispose()

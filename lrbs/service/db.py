@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,6 +23,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import Float
 
+try:
+    import fcntl
+except ImportError:  # Windows: the in-process queue only
+    fcntl = None  # type: ignore[assignment]
+
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 READ_ONLY = "lrbs_read_only"  # an execution option: this transaction only reads
 # The thread pool that runs blocking endpoint work (app.lifespan sizes anyio's to it) and the connections kept per
@@ -29,9 +36,56 @@ READ_ONLY = "lrbs_read_only"  # an execution option: this transaction only reads
 THREADS = 8  # benchmarks/load.py: 6–16 threads served as many requests/s as 40, with a lower p99
 
 
-# Per SQLite engine: the lock its writing transactions queue on in this process, and how long one may wait (see
-# `transaction`).
-_sqlite_writers: weakref.WeakKeyDictionary[Engine, tuple[threading.Lock, float]] = weakref.WeakKeyDictionary()
+class WriterQueue:
+    """Where a SQLite database's writers wait their turn, instead of in SQLite's busy handler, which sleeps blind
+    (1, 2, 5 ... 100 ms) and gave POSTs a p99 of 1–2 s under load. A process's threads queue on a lock, woken the
+    moment the previous writer is done; the processes on one database file (replicas, the CLI) then take turns
+    on an advisory lock on `<database>-writer`, tried every half millisecond while another holds it. Both waits
+    together last at most `timeout` seconds, after which the writer fails with "database is locked" (503)."""
+
+    POLL_SECONDS = 0.0005
+
+    def __init__(self, database: str | None, timeout: float) -> None:
+        self.timeout, self._threads = timeout, threading.Lock()
+        self._path = f"{database}-writer" if database and database != ":memory:" and fcntl else None
+        self._fd: int | None = None  # opened on first use; only the thread holding self._threads touches it
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        deadline = time.monotonic() + self.timeout
+        if not self._threads.acquire(timeout=self.timeout):
+            raise _locked()
+        try:
+            if self._path is not None:
+                self._take_file(self._path, deadline)
+            try:
+                yield
+            finally:
+                if self._fd is not None:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+    def _take_file(self, path: str, deadline: float) -> None:
+        if self._fd is None:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            weakref.finalize(self, os.close, self._fd)
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise _locked() from None
+                time.sleep(self.POLL_SECONDS)
+
+
+def _locked() -> OperationalError:
+    return OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
+
+
+# Per SQLite engine, the queue its writing transactions take turns in (see `transaction`).
+_sqlite_writers: weakref.WeakKeyDictionary[Engine, WriterQueue] = weakref.WeakKeyDictionary()
 
 
 def normalize_url(url: str) -> str:
@@ -58,7 +112,7 @@ def make_engine(url: str, timeout_seconds: float = 5.0) -> Engine:
         # takes the write lock up front, so two claimers serialise instead of failing with "locked". A reading
         # transaction (`reading`) begins deferred: under WAL it reads a snapshot and never waits for the lock.
         event.listen(engine, "begin", _sqlite_begin)
-        _sqlite_writers[engine] = (threading.Lock(), timeout_seconds)
+        _sqlite_writers[engine] = WriterQueue(engine.url.database, timeout_seconds)
         return engine
     return create_engine(
         url,
@@ -90,23 +144,11 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
-    """A writing transaction. On SQLite one writer at a time holds the database's lock, and a thread that asks for
-    it while another holds it sleeps in SQLite's busy handler (1, 2, 5 ... 100 ms, blind to when the lock frees),
-    which gave POSTs a p99 near a second under load. So a process's writers first queue on a lock of its own,
-    woken the moment the previous writer commits; the busy handler is left for writers in other processes."""
+    """A writing transaction. On SQLite, one writer at a time holds the database's lock: writers take turns in
+    the engine's WriterQueue first."""
     writers = _sqlite_writers.get(sessions.kw["bind"])
-    if writers is None:  # PostgreSQL (row locks, no busy handler), or an engine not made by make_engine
-        with sessions() as session, session.begin():
-            yield session
-        return
-    lock, timeout = writers
-    if not lock.acquire(timeout=timeout):
-        raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
-    try:
-        with sessions() as session, session.begin():
-            yield session
-    finally:
-        lock.release()
+    with writers.turn() if writers is not None else nullcontext(), sessions() as session, session.begin():
+        yield session
 
 
 @contextmanager

@@ -119,7 +119,7 @@ def _confirmation(ax: Axes, confirmation: list[Candidate]) -> tuple[list, list[s
     """The short confirmation trainings: validation loss at each candidate LR, on its own y axis."""
     twin = ax.twinx()
     twin.grid(False)
-    done = [(c.lr, c.val_loss) for c in confirmation if c.val_loss is not None]
+    done = [(c.lr, c.val_loss) for c in confirmation if c.val_loss is not None and c.seed is None]  # first runs
     if done:
         xs, ys = zip(*done, strict=True)
         twin.plot(xs, ys, "D--", color="C4", ms=7, lw=1, label="confirmation: validation loss")

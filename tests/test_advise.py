@@ -7,6 +7,7 @@ import torch
 from lrbs.contract.job_spec import JobSpec
 from lrbs.worker.advise import advise
 from lrbs.worker.errors import JobError
+from tests.conftest import MINIMAL_SPEC
 
 QUICK = {"num_steps": 30, "batch_size": 16}
 SWEEP = {"num_steps": 60, "batch_size": 16, "min_lr": 1e-4}  # short, but long enough to find a minimum
@@ -123,12 +124,66 @@ def test_confirmation_runs_are_stopped_early_only_where_a_part_way_loss_ranks_th
     assert confirm_checkpoints("one_cycle", 90) == []  # a higher peak trails until the anneal: every run finishes
 
 
+class ScriptedJob:
+    """Just what `confirm` asks of a job, with each training's final validation loss set by (lr, seed)."""
+
+    def __init__(self, losses: dict[tuple[float, int], float]) -> None:
+        self.losses, self.trained = losses, []
+        self.spec = JobSpec.model_validate({**MINIMAL_SPEC, "schedule": "constant", "seed": 0})
+
+    def untrained_loss(self) -> float:
+        return 3.0
+
+    def progress(self, *args, **kwargs) -> None:
+        pass
+
+    def training(self, lr, steps, *, schedule, seed=None, evaluate_at=(), on_progress=None):
+        seed = 0 if seed is None else seed
+        self.trained.append((lr, seed))
+        yield steps, self.losses[lr, seed]
+
+
+@pytest.mark.parametrize(
+    ("second_seed", "winner"),
+    [({(0.1, 1): 1.5, (0.2, 1): 1.0}, 0.2), ({(0.1, 1): 1.0, (0.2, 1): 1.5}, 0.1)],
+)
+def test_a_close_call_between_the_two_best_is_settled_by_a_second_seed(second_seed, winner):
+    from lrbs.worker.advise import confirm
+    from lrbs.worker.suggest import Choice
+
+    # 0.2 leads 0.1 by 0.1, under a tenth of the progress from the untrained 3.0: a close call
+    job = ScriptedJob({(0.1, 0): 1.2, (0.05, 0): 2.0, (0.2, 0): 1.1, **second_seed})
+    choice = Choice(lr=0.1, rule="valley", reason="r", lr_low=0.05, lr_high=0.2, confidence="medium")
+    picked, scored = confirm(job, choice, 60)
+    assert picked.lr == winner and "were close" in picked.reason
+    assert job.trained == [(0.1, 0), (0.05, 0), (0.2, 0), (0.2, 1), (0.1, 1)]  # the two best, best first
+    assert [c.seed for c in scored] == [None, None, None, 1, 1]
+
+
+def test_a_clear_lead_needs_no_second_seed():
+    from lrbs.worker.advise import confirm
+    from lrbs.worker.suggest import Choice
+
+    job = ScriptedJob({(0.1, 0): 1.6, (0.05, 0): 2.0, (0.2, 0): 1.1})  # 0.5 ahead: clear
+    choice = Choice(lr=0.1, rule="valley", reason="r", lr_low=0.05, lr_high=0.2, confidence="medium")
+    picked, scored = confirm(job, choice, 60)
+    assert picked.lr == 0.2 and job.trained == [(0.1, 0), (0.05, 0), (0.2, 0)] and len(scored) == 3
+
+
 def test_thorough_confirms_with_short_trainings():
     result = advise(job(schedule="constant", train_steps=60, lr_range={**SWEEP, "thoroughness": "thorough"}))
     rec = result.recommendation
-    assert [c.lr for c in rec.confirmation] == pytest.approx([rec.confirmation[0].lr, rec.lr_low, rec.lr_high])
-    finished = [c for c in rec.confirmation if c.val_loss is not None and c.steps == 60]
-    assert rec.lr == min(finished, key=lambda c: c.val_loss).lr and rec.rule.endswith("+confirm")
+    first = [c for c in rec.confirmation if c.seed is None]
+    assert [c.lr for c in first] == pytest.approx([first[0].lr, rec.lr_low, rec.lr_high])
+    finished = sorted((c for c in first if c.val_loss is not None and c.steps == 60), key=lambda c: c.val_loss)
+    again = [c for c in rec.confirmation if c.seed is not None]
+    if again:  # a close call: the two best trained again, and the lower mean won
+        assert [c.lr for c in again] == [c.lr for c in finished[:2]]
+        means = [(a.val_loss + b.val_loss) / 2 for a, b in zip(finished, again, strict=False)]
+        assert rec.lr == finished[means.index(min(means))].lr and "were close" in rec.reason
+    else:
+        assert rec.lr == finished[0].lr
+    assert rec.rule.endswith("+confirm")
     assert result.sweeps == 3 and result.phase_steps["lr_range"] == result.steps_run
     assert result.phase_steps["confirm"] == sum(c.steps for c in rec.confirmation)
     # each sweep's own curve is kept, and the median curve is their per-step median

@@ -33,6 +33,11 @@ class Candidate(Model):
         "length; short of it when the run was stopped as clearly behind."
     )
     steps: int | None = Field(None, description="Optimizer steps the run trained before it ended or was stopped.")
+    seed: int | None = Field(
+        None,
+        description="Set on a close call's second run: the two best LRs train again on this seed, and the mean of "
+        "their two validation losses decides.",
+    )
 
 
 class Recommendation(Model):

@@ -167,11 +167,24 @@ def confirm(job: JobContext, choice: suggest.Choice, train_steps: int) -> tuple[
     finished = [c for c in scored if c.val_loss is not None and c.steps == steps]
     if not finished:
         return choice, scored
-    best = min(finished, key=lambda c: c.val_loss or math.inf)
+    ranked = sorted(finished, key=lambda c: c.val_loss or math.inf)
+    best, verdict = ranked[0], f"{ranked[0].lr:.3g} reached the lowest validation loss"
+    if len(ranked) > 1 and not clearly_behind(ranked[1].val_loss or math.inf, ranked[0].val_loss or 0.0, untrained):
+        # A close call. One training seed moves these losses as much as the LR does, so the two best train
+        # again on another seed and the mean of the two decides.
+        seed, close = job.spec.seed + 1, ranked[:2]
+        repeats = [Candidate(lr=c.lr, val_loss=again(job, c.lr, steps, seed), steps=steps, seed=seed) for c in close]
+        means = [((c.val_loss or math.inf) + (r.val_loss or math.inf)) / 2 for c, r in zip(close, repeats, strict=True)]
+        best = close[means.index(min(means))]
+        scored += repeats
+        verdict = (
+            f"{ranked[0].lr:.3g} and {ranked[1].lr:.3g} were close, so both trained again on another seed: "
+            f"{best.lr:.3g} had the lower mean validation loss"
+        )
     stopped = [c for c in scored if c.steps != steps and c.val_loss is not None]
     reason = (
         f"{choice.reason}; then confirmed by short trainings ({steps} steps each, {schedule}) at "
-        f"{', '.join(f'{c.lr:.3g}' for c in scored)}: {best.lr:.3g} reached the lowest validation loss"
+        f"{', '.join(f'{c.lr:.3g}' for c in scored if c.seed is None)}: {verdict}"
         + (
             f" ({', '.join(f'{c.lr:.3g} stopped at step {c.steps}' for c in stopped)}, clearly behind by then)"
             if stopped
@@ -179,6 +192,14 @@ def confirm(job: JobContext, choice: suggest.Choice, train_steps: int) -> tuple[
         )
     )
     return replace(choice, lr=best.lr, rule=f"{choice.rule}+confirm", reason=reason), scored
+
+
+def again(job: JobContext, lr: float, steps: int, seed: int) -> float | None:
+    """The final validation loss (None: diverged) of one more confirmation training at `lr`, on `seed`."""
+    final = math.inf
+    for _, loss in job.training(lr, steps, schedule=job.spec.schedule, seed=seed):
+        final = loss
+    return final if math.isfinite(final) else None
 
 
 def confirm_checkpoints(schedule: str, steps: int) -> list[int]:

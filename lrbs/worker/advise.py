@@ -136,10 +136,10 @@ def confirm(job: JobContext, choice: suggest.Choice, train_steps: int) -> tuple[
     Always with thorough; with standard when the sweeps disagree (confidence below high). Staying inside the
     safe range keeps one noisy short run from pulling the LR far off. The suggestion trains first; a later run
     at a higher LR than the best so far stops at a checkpoint (CONFIRM_CHECKPOINTS of the run; none with one_cycle)
-    where it is
-    clearly behind that run at the same step, as in successive halving. Only a higher LR is stopped: early in a
-    run the higher LR is usually ahead (short-horizon bias, Wu et al. 2018), so one that trails is worse, while a
-    lower LR that trails early often wins at the end."""
+    where it is clearly behind that run at the same step, as in successive halving. Only a higher LR is stopped:
+    early in a run the higher LR is usually ahead (short-horizon bias, Wu et al. 2018), so one that trails is
+    worse, while a lower LR that trails early often wins at the end. When the runner-up is not clearly behind
+    the best at the end, the two train again on the next seed and the lower mean wins (`again`)."""
     assert choice.lr is not None
     schedule = job.spec.schedule
     steps = min(train_steps, CONFIRM_MAX_STEPS)

@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from lrbs.worker.__main__ import threads_each
+
 PG_URL = os.environ.get("LRBS_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 WORKER_TOKEN = "bench-worker-token"
 WORKER_AUTH = {"Authorization": f"Bearer {WORKER_TOKEN}"}
@@ -246,7 +248,7 @@ def workers(svc: Service, count: int, folder: Path, wait: float = 20.0) -> Itera
         for i in range(count):
             with open(folder / f"worker-{i}.log", "wb") as out:
                 command = [sys.executable, "-m", "lrbs.worker", "--url", svc.url, "--worker-id", f"bench-{i}",
-                           "--wait", str(wait), "--threads", str(max(1, (os.cpu_count() or 1) // count))]  # fmt: skip
+                           "--wait", str(wait), "--threads", str(threads_each(count))]  # fmt: skip
                 procs.append(subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT))
         yield procs
     finally:

@@ -18,6 +18,7 @@ import lrbs
 from lrbs import logs
 from lrbs.client_cli import COMMANDS as client_commands
 from lrbs.worker.__main__ import main as worker_command
+from lrbs.worker.__main__ import threads_each
 
 log = logging.getLogger("lrbs.serve")
 RESTART_MAX_SECONDS = 60.0  # the longest wait before an embedded worker that keeps dying is started again
@@ -138,7 +139,7 @@ class EmbeddedWorkers(threading.Thread):
         # -P: the current folder is not put on sys.path, so a worker.py or lrbs/ there cannot stand in for ours.
         command = [sys.executable, "-P", "-m", "lrbs.worker", "--url", self.url, "--worker-id", f"embedded-{i}"]
         if self.count > 1 and "LRBS_WORKER_THREADS" not in self.env:  # they share this machine's cores: split them
-            command += ["--threads", str(max(1, (os.cpu_count() or 1) // self.count))]
+            command += ["--threads", str(threads_each(self.count))]
         self.children[i] = subprocess.Popen(command, env=self.env, preexec_fn=_die_with_parent)
 
     def run(self) -> None:

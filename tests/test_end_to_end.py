@@ -64,7 +64,7 @@ def test_embedded_workers_split_the_cores_between_them(tmp_path):
     with service(sqlite_url(tmp_path), tmp_path, workers=2) as http:
         job = wait_for(http, http.post("/v1/jobs", json=MINIMAL_SPEC).json()["id"])
     assert job["state"] == "succeeded", job
-    assert job["result"]["environment"]["cpu_threads"] == max(1, (os.cpu_count() or 1) // 2)
+    assert job["result"]["environment"]["cpu_threads"] == max(1, (os.cpu_count() or 1) // 2)  # threads_each(2)
 
 
 def test_cancel_a_running_job(tmp_path):

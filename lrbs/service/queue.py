@@ -154,10 +154,10 @@ def list_jobs(
     page_token: str | None,
     caller: Caller = OPEN,
     labels: dict[str, str] | None = None,
-    head_only: bool = False,
 ) -> tuple[list[JobRow], str | None]:
-    """A page of jobs, newest first; `head_only`: as in `get`."""
-    query = select(JobRow).options(load_only(*HEAD)) if head_only else select(JobRow)
+    """A page of jobs, newest first, with their HEAD columns (as `get` with head_only; jobs.serialized reads the
+    rest of the rows it needs in one query)."""
+    query = select(JobRow).options(load_only(*HEAD))
     for key, value in (labels or {}).items():
         query = query.where(
             exists().where(JobLabelRow.job_id == JobRow.id, JobLabelRow.key == key, JobLabelRow.value == value)

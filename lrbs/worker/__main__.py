@@ -6,6 +6,11 @@ from pathlib import Path
 import click
 
 
+def threads_each(workers: int) -> int:
+    """--threads for each of `workers` workers sharing this machine's cores: an equal share, at least one."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 @click.command()
 @click.option(
     "--url",

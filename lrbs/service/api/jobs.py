@@ -149,7 +149,7 @@ def serialized(
 
     Clients poll, and an ended job never changes: its body is kept per replica with its updated_at, so a repeat
     costs reading a few columns (still there? still theirs? the same?) instead of decoding and re-encoding tens
-    of kB. `jobs` come with those columns only (queue.get / list_jobs with head_only), and the rest of the rows not
+    of kB. `jobs` come with those columns only (queue.list_jobs, queue.get with head_only), and the rest of the rows not
     served from memory is read here in one query; or `complete`: whole rows (with the result for the full view)."""
     bodies: dict[str, bytes] = {}
     for job in jobs:
@@ -215,7 +215,7 @@ async def list_jobs(
 
     def read() -> bytes:
         with reading(sessions) as session:
-            jobs, token = queue.list_jobs(session, state, page_size, page_token, caller, labels, head_only=True)
+            jobs, token = queue.list_jobs(session, state, page_size, page_token, caller, labels)
             bodies = serialized(session, jobs, view, settings, request.app.state.ended_jobs)
         # JobPage's JSON, assembled from the bodies: {"jobs": [...], "next_page_token": ...}
         return b'{"jobs":[' + b",".join(bodies) + b'],"next_page_token":' + json.dumps(token).encode() + b"}"

@@ -71,6 +71,7 @@ class JobRow(Base):
         Index("ix_jobs_state_created", "state", "created_at", "id"),
         Index("ix_jobs_dataset_state", "dataset_id", "state"),
         Index("ix_jobs_owner_created", "owner_key_id", "created_at", "id"),
+        Index("ix_jobs_owner_state", "owner_key_id", "state"),  # a submit counts its key's active jobs
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from lrbs.contract.resources import JobState, WorkerInfo, WorkerOut
@@ -42,15 +42,7 @@ def list_workers(session: Session, settings: Settings, online_only: bool = False
     """Every worker heard from, newest first, each with the job it runs; `online_only`: those seen within
     LRBS_WORKER_ONLINE_SECONDS (all that scheduling looks at: a long-lived fleet leaves many offline rows)."""
     cutoff = utcnow() - timedelta(seconds=settings.worker_online_seconds)
-    running = (
-        select(JobRow.id)
-        .where(JobRow.worker_id == WorkerRow.id, JobRow.state == JobState.running)
-        .limit(1)
-        .scalar_subquery()
-    )
-    query = select(WorkerRow, running).order_by(WorkerRow.last_seen_at.desc())
-    if online_only:
-        query = query.where(WorkerRow.last_seen_at >= cutoff)
+    rows = session.execute(_ONLINE_WORKERS, {"cutoff": cutoff}) if online_only else session.execute(_WORKERS)
     return [
         WorkerOut(
             id=w.id,
@@ -60,5 +52,16 @@ def list_workers(session: Session, settings: Settings, online_only: bool = False
             first_seen_at=w.first_seen_at,
             last_seen_at=w.last_seen_at,
         )
-        for w, job_id in session.execute(query).all()
+        for w, job_id in rows.all()
     ]
+
+
+# Built once (a submit reads the online workers): a statement's cache key is computed per statement object.
+_RUNNING_JOB = (
+    select(JobRow.id)
+    .where(JobRow.worker_id == WorkerRow.id, JobRow.state == JobState.running)
+    .limit(1)
+    .scalar_subquery()
+)
+_WORKERS = select(WorkerRow, _RUNNING_JOB).order_by(WorkerRow.last_seen_at.desc())
+_ONLINE_WORKERS = _WORKERS.where(WorkerRow.last_seen_at >= bindparam("cutoff"))

@@ -85,7 +85,6 @@ def to_resource(job: JobRow, workers: list[WorkerOut] | None = None, summary: bo
 async def submit_job(
     spec: Annotated[JobSpec, Body(openapi_examples=SUBMIT_EXAMPLES)],
     request: Request,
-    response: Response,
     sessions: SessionsDep,
     settings: SettingsDep,
     caller: CallerDep,
@@ -96,42 +95,46 @@ async def submit_job(
             description="Retry a submit safely: the same key and body answer with the job the first request made.",
         ),
     ] = None,
-) -> Job:
+):
     check_limits(spec, settings)
     digest = idempotency.body_digest(spec) if idempotency_key else ""
 
-    def write() -> Job:
-        with transaction(sessions) as session:
+    def write() -> tuple[str, bytes]:
+        # Only the insert holds SQLite's one write lock (every writer waits for it): a replay, the online workers and
+        # a built-in dataset's size are read before it, and the answer is encoded after it. Two requests with one
+        # Idempotency-Key at once: the second insert fails (IntegrityError) and its retry replays the first.
+        with reading(sessions) as session:
             if idempotency_key and (earlier := idempotency.replay(session, caller, idempotency_key, digest)):
-                return to_resource(earlier)
-            dataset_id, need = None, None
-            workers = worker_registry.list_workers(session, settings, online_only=True)
-            largest = worker_registry.largest_memory_gb(workers)
+                return earlier.id, to_resource(earlier).model_dump_json(by_alias=True).encode()
+            online = worker_registry.list_workers(session, settings, online_only=True)
+        largest = worker_registry.largest_memory_gb(online)
+        need = None
+        if isinstance(spec.dataset, BuiltinDatasetSpec):
+            need = admission.check(spec, spec.dataset.shape(), spec.dataset.n_samples(), settings, largest)
+        with transaction(sessions) as session:
+            dataset_id = None
             if isinstance(spec.dataset, UploadedDataset):  # its shape is known only from the stored upload
-                row, shape = dataset_store.shape_for_job(session, spec.dataset, caller)
+                row, shape = dataset_store.shape_for_job(session, spec.dataset, caller)  # locked until stored
                 try:
                     spec.resolve_for(shape)
                 except ValueError as exc:
                     raise Unprocessable(str(exc), errors=[{"field": "model", "message": str(exc)}]) from None
                 dataset_id = row.id
                 need = admission.check(spec, shape, None, settings, largest, data=dataset_store.memory_bytes(row))
-            elif isinstance(spec.dataset, BuiltinDatasetSpec):
-                need = admission.check(spec, spec.dataset.shape(), spec.dataset.n_samples(), settings, largest)
             job = queue.submit(
                 session, spec, settings, dataset_id=dataset_id, owner_key_id=caller.key_id,
                 requirements=scheduling.requirements(spec, need),
             )  # fmt: skip
             if idempotency_key:
                 idempotency.remember(session, caller, idempotency_key, digest, job.id)
-            return to_resource(job, workers)
+        return job.id, to_resource(job, online).model_dump_json(by_alias=True).encode()
 
     try:
-        job = await run_in_threadpool(write)
+        job_id, body = await run_in_threadpool(write)
     except IntegrityError:  # the same key arrived twice at once: the other request made the job
-        job = await run_in_threadpool(write)
+        job_id, body = await run_in_threadpool(write)
     request.app.state.doorbell.ring()
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return job
+    return Response(body, status_code=202, media_type="application/json", headers={"Location": f"/v1/jobs/{job_id}"})
 
 
 View = Literal["full", "summary"]

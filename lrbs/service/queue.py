@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     ColumnElement,
+    Integer,
     String,
     Table,
     bindparam,
@@ -112,7 +113,7 @@ def submit(
 _ACTIVE_JOBS_OF_KEY = select(func.count()).select_from(
     select(literal(1))
     .where(JobRow.owner_key_id == bindparam("owner"), JobRow.state.in_((JobState.queued, JobState.running)))
-    .limit(bindparam("most"))
+    .limit(bindparam("most", type_=Integer))
     .subquery()
 )
 _INSERT_JOB = insert(typing.cast(Table, JobRow.__table__))

@@ -4,8 +4,10 @@ Both run the same model (same initial weights), data, number of steps and lr per
 same optimizer flags. The bare loop is the least a training loop does: set lr, zero_grad, forward,
 loss, backward, step; no loss readback, and with fp32 no autocast context or GradScaler calls.
 With `--precision bf16|fp16` and `--accumulation K` both do the same autocast, GradScaler (fp16)
-and K micro-batches per optimizer step. The range test's time includes the copy of the model and
-optimizer it makes; the bare loop's model is built (same seed, same weights) outside the clock.
+and K micro-batches per optimizer step. The bare loop's model is built (same seed, same weights)
+outside the clock. The range test runs both ways (`--modes`): "in place", as the worker runs it (on
+the fresh model it builds per sweep, `in_place=True`), and "copy", the library's default for a
+caller who keeps its model, whose time includes copying the model and optimizer.
 
 Robust against a shared machine: both paths are warmed up first, the Python garbage collector runs
 before every timed run (never during one), runs are interleaved in ABBA order (bare, test, test,
@@ -172,6 +174,7 @@ def range_test(
     precision: str,
     accum: int,
     check_every: int,
+    in_place: bool,
 ) -> None:
     result = lr_range_test(
         model,
@@ -183,11 +186,12 @@ def range_test(
         num_steps=steps,
         check_every=check_every,
         step_settings=StepSettings(precision=precision, grad_accumulation_steps=accum),
+        in_place=in_place,
     )
     assert result.steps_run == steps, f"range test stopped early ({result.stop_reason}): lower MAX_LR"
 
 
-def measure(name: str, device: torch.device, args: argparse.Namespace) -> dict:
+def measure(name: str, mode: str, device: torch.device, args: argparse.Namespace) -> dict:
     def build() -> nn.Module:
         torch.manual_seed(0)  # the same initial weights every time
         return MODELS[name]()[0].to(device)
@@ -213,7 +217,15 @@ def measure(name: str, device: torch.device, args: argparse.Namespace) -> dict:
         return lambda: bare_loop(bare_model, bare_opt, batches, steps, device, args.precision, args.accumulation)
 
     def probe(steps: int) -> Callable[[], None]:
-        return lambda: range_test(model, opt, batches, steps, args.precision, args.accumulation, args.check_every)
+        if mode == "in place":  # the worker's way: a model of its own, built outside the clock like the bare loop's
+            own_model = build()
+            own_opt = sgd(own_model)
+            return lambda: range_test(
+                own_model, own_opt, batches, steps, args.precision, args.accumulation, args.check_every, True
+            )
+        return lambda: range_test(
+            model, opt, batches, steps, args.precision, args.accumulation, args.check_every, False
+        )
 
     # Warm up both paths (allocator, kernels, lazy init) before anything is timed.
     for _ in range(2):
@@ -236,13 +248,14 @@ def measure(name: str, device: torch.device, args: argparse.Namespace) -> dict:
     wall = ratios("wall")
     q1, _, q3 = statistics.quantiles(wall, n=4, method="inclusive") if len(wall) > 1 else (wall[0], None, wall[0])
     print(
-        f"{name}: wall s bare {[round(r['wall'], 3) for r in runs['bare']]}, "
+        f"{name}, {mode}: wall s bare {[round(r['wall'], 3) for r in runs['bare']]}, "
         f"range test {[round(r['wall'], 3) for r in runs['probe']]}; "
         f"page faults/step bare {per_step('bare', 'faults'):.0f}, range test {per_step('probe', 'faults'):.0f}",
         flush=True,
     )
     return {
         "model": name,
+        "mode": mode,
         "bare": statistics.median(r["wall"] for r in runs["bare"]),
         "probe": statistics.median(r["wall"] for r in runs["probe"]),
         "ratio": statistics.median(wall),
@@ -261,6 +274,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (0: torch's default)")
     parser.add_argument("--models", default="mlp,convnet", help="comma-separated: " + ", ".join(MODELS))
+    parser.add_argument("--modes", default="in place,copy", help="comma-separated: in place (the worker's), copy")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="fp16 needs CUDA")
     parser.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--check-every", type=int, default=10, help="the range test's readback interval, in steps")
@@ -281,14 +295,15 @@ def main() -> None:
     if args.precision == "fp16" and device.type != "cuda":
         parser.error("--precision fp16 needs a CUDA device (GradScaler); use bf16 on CPU")
     malloc = "steady" if args.malloc == "steady" and steady_malloc() else "default"
-    rows = [measure(m, device, args) for m in args.models.split(",")]
+    rows = [measure(m, mode, device, args) for m in args.models.split(",") for mode in args.modes.split(",")]
 
     print(
         f"\ntorch {torch.__version__} on {machine(device)}, {torch.get_num_threads()} CPU thread(s), {args.precision}, "
         f"accumulation {args.accumulation}, check_every {args.check_every}, malloc {malloc}; "
         f"{args.repeats} paired runs in ABBA order, medians\n"
     )
-    columns = ["model", "device", "batch", "steps", "bare s", "range test s", "ratio", "spread q1–q3 (min–max)"]
+    columns = ["model", "range test", "device", "batch", "steps", "bare s", "range test s", "ratio"]
+    columns += ["spread q1–q3 (min–max)"]
     columns += ["CPU-time ratio", "instructions ratio (+/step)", "goal"]
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
@@ -296,6 +311,7 @@ def main() -> None:
         q1, q3, lo, hi = r["spread"]
         cells = [
             r["model"],
+            r["mode"],
             device.type,
             str(args.batch_size),
             str(args.steps),

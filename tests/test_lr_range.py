@@ -746,3 +746,19 @@ def test_evaluate_is_the_mean_loss_per_sample_in_eval_mode() -> None:
     model.train()
     assert evaluate(model, CE, val) == by_hand  # to the bit: summed in float64, in batch order
     assert model.training
+
+
+def test_in_place_trains_the_given_model_and_gives_the_copys_curve() -> None:
+    """The worker hands over a fresh model (`in_place=True`): no copy of it or its optimizer state is made (half the
+    device memory for a large model), it is the model that trains, and the curve is the one a copy would give."""
+    curves = {}
+    for in_place in (False, True):
+        model, opt, batches = warmed_up()
+        before = [p.detach().clone() for p in model.parameters()]
+        result = lr_range_test(model, CE, opt, batches, min_lr=1e-4, max_lr=1.0, num_steps=20, in_place=in_place)
+        assert result.steps_run == 20
+        moved = not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+        assert moved == in_place  # the caller's own parameters trained only when handed over
+        assert bool(opt.state) and (opt.param_groups[0]["lr"] == 0.05) != in_place  # its optimizer stepped too
+        curves[in_place] = result.losses
+    assert curves[True] == curves[False]

@@ -147,7 +147,7 @@ class JobContext:
             model, self.loss_fn, optimizer, self.data.batches(batch_size, seed),
             min_lr=sweep.min_lr, max_lr=sweep.max_lr, num_steps=sweep.num_steps, mode=sweep.mode,
             smoothing=sweep.smoothing, diverge_factor=sweep.diverge_factor, on_progress=on_progress,
-            step_settings=self.step_settings, val_batches=val_batches,
+            step_settings=self.step_settings, val_batches=val_batches, in_place=True,
         )  # fmt: skip
         self.report.add_steps(result.steps_run)
         return result

@@ -78,6 +78,7 @@ class Schedule:
 
         for group in optimizer.param_groups:
             group["lr"] = params["lr"]
+            group.pop("initial_lr", None)  # else torch's schedulers start from an earlier scheduler's LR
         main = self.main_scheduler(optimizer, params)
         warmup = params["warmup_steps"]
         if not warmup:

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from lrbs.contract.resources import Progress
+from lrbs.contract.results import BatchStage
 from lrbs.worker import batch_schedule as bs
 from lrbs.worker.advise import advise
-from lrbs.worker.batch_warmup import checkpoints, measure_trajectory
+from lrbs.worker.batch_warmup import check_schedule, checkpoints, measure_trajectory
 from lrbs.worker.job import JobContext
 from tests.conftest import batch_job
 
@@ -143,13 +144,16 @@ def test_a_real_job_returns_a_trajectory_and_a_schedule_or_a_reason():
     assert advice.batch_schedule_reason
     schedule = advice.batch_schedule
     if schedule is None:
-        declines = ("saves only", "hardly grows", "no schedule", "inside its", "largest candidate", "measurable at")
+        declines = ("saves only", "hardly grows", "no schedule", "inside its", "largest candidate", "measurable at",
+                    "did not confirm", "could not be checked")  # fmt: skip
         assert any(w in advice.batch_schedule_reason for w in declines)
     else:
         assert schedule.stages[0].from_step == 0 and len(schedule.stages) >= 2
         assert schedule.step_saving >= bs.MIN_STEP_SAVING and schedule.fixed_batch_size == advice.batch_size
         assert all(s.lr and s.batch_size in (16, 64, 256) for s in schedule.stages)
         compile(schedule.snippet, "snippet", "exec")
+        assert "a check training confirmed it" in advice.batch_schedule_reason
+        assert result.phase_steps["batch_schedule"] > 0
 
 
 def test_a_fixed_effective_batch_gets_no_schedule():
@@ -181,3 +185,44 @@ def test_the_snippet_trains_with_the_stages():
     assert seen == [4, 4, 4, 8, 8, 8, 8, 8, 8] and namespace["step"] == 6
     assert namespace["optimizer"].param_groups[0]["lr"] == 0.2
     assert not torch.equal(before, model.weight)
+
+
+# ---- the check training before a schedule is advised ------------------------------------------------------
+
+
+def stage(from_step: int, batch: int, lr: float) -> BatchStage:
+    return BatchStage(
+        from_step=from_step, batch_size=batch, grad_accumulation_steps=1, effective_batch_size=batch, lr=lr, b_noise=1.0
+    )
+
+
+def test_a_schedule_that_trains_slower_than_the_fixed_batch_is_not_confirmed():
+    reports: list[Progress] = []
+    job = JobContext.build(batch_job(train_steps=60), reports.append)
+    # The same batches as the fixed run but at a hundredth of its LR: it cannot reach the fixed run's loss.
+    check = check_schedule(job, [stage(0, 32, 5e-4), stage(30, 64, 5e-4)], fixed_batch=64, fixed_lr=0.05, steps=60)
+    assert not check.confirmed and check.schedule_steps is None
+    assert 0 < check.fixed_steps <= 60 and math.isfinite(check.target)
+    assert "did not confirm it" in check.describe() and f"in {check.fixed_steps} optimizer steps" in check.describe()
+    assert job.report.steps["batch_schedule"] == 60 + check.fixed_steps  # the fixed run, then the schedule's
+    assert any(r.phase == "batch_schedule" for r in reports)
+
+
+def test_a_schedule_that_trains_faster_is_confirmed_and_stops_at_the_fixed_runs_loss():
+    job = JobContext.build(batch_job(train_steps=60), lambda _p: None)
+    # The fixed run crawls at a tiny LR; the schedule trains at a good one, switching batch and LR on the way.
+    check = check_schedule(job, [stage(0, 32, 0.05), stage(3, 64, 0.1)], fixed_batch=64, fixed_lr=1e-4, steps=60)
+    assert check.confirmed and check.schedule_steps is not None and check.schedule_steps < check.fixed_steps
+    assert "a check training confirmed it" in check.describe()
+    assert check.describe().endswith(f"the schedule in {check.schedule_steps}")
+    assert job.report.steps["batch_schedule"] == 60 + check.schedule_steps  # it stopped once it got there
+
+
+def test_a_later_training_of_the_same_model_runs_at_its_own_lr():
+    """Each stage of a checked schedule is a `training` of the same model and optimizer at the stage's LR: torch's
+    schedulers must start from that LR, not from the `initial_lr` an earlier scheduler left in the groups."""
+    job = JobContext.build(batch_job(train_steps=10), lambda _p: None)
+    model = job.fresh(0.1)
+    list(job.training(0.1, 2, model=model))
+    list(job.training(0.01, 2, model=model))
+    assert model[1].param_groups[0]["lr"] == pytest.approx(0.01)

@@ -7,12 +7,14 @@ each with its bootstrap interval (`probes.noise_scale`). The cost: those trainin
 MEASUREMENTS big-batch and small-batch gradients per point (twice that where |G|² first comes out ≤ 0).
 
 `schedule_advice` turns the trajectory into the result's batch schedule (planned by `batch_schedule.plan`)
-or a reason for declining.
+or a reason for declining. A planned schedule is advised only once a check training confirms it
+(`check_schedule`): the plan rests on B_noise, which can sit far below the batch a task really tolerates.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -28,6 +30,7 @@ from lrbs.worker.probes.step import TrainingStep
 CHECKPOINTS = (0, 10, 30, 100, 300, 1000)  # about half a decade apart: B_noise moves fastest early
 MAX_STEPS = 1000  # the trajectory's training never runs longer than this
 MEASUREMENTS = 24  # big/small gradient pairs per point
+CHECK_EVALUATIONS = 20  # validation losses along each check training: every 5% of its steps
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -137,6 +140,12 @@ def schedule_advice(
         )
         for s in found.stages
     ]  # fmt: skip
+    fixed_lr = lrs.get(chosen)
+    if fixed_lr is None or any(s.lr is None for s in stages):
+        return None, f"{found.reason}; not advised: without an LR for every batch it could not be checked by training"
+    check = check_schedule(job, stages, chosen, fixed_lr, min(train_steps, MAX_STEPS))
+    if not check.confirmed:
+        return None, f"{found.reason}; not advised: {check.describe()}"
     total = max(1, round(found.schedule.steps))
     code = batch_schedule.snippet([(s.from_step, s.batch_size, s.lr, accumulation) for s in stages], total)
     return BatchSchedule(
@@ -144,4 +153,61 @@ def schedule_advice(
         step_saving=found.step_saving or 0.0, samples=round(found.schedule.samples),
         fixed_samples=round(found.fixed.samples), time_s=found.schedule.time_s, fixed_time_s=found.fixed.time_s,
         time_saving=found.time_saving, snippet=code,
-    ), found.reason  # fmt: skip
+    ), f"{found.reason}; {check.describe()}"  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ScheduleCheck:
+    fixed_batch: int
+    fixed_steps: int  # when the fixed batch's training reached its lowest validation loss
+    target: float  # that loss
+    schedule_steps: int | None  # when the schedule's training first reached it; None: not within fixed_steps
+
+    @property
+    def confirmed(self) -> bool:
+        return self.schedule_steps is not None and self.schedule_steps < self.fixed_steps
+
+    def describe(self) -> str:
+        schedule = f"in {self.schedule_steps}" if self.schedule_steps is not None else f"not within {self.fixed_steps}"
+        return (
+            f"a check training {'confirmed' if self.confirmed else 'did not confirm'} it: from the same "
+            f"initialisation the fixed batch {self.fixed_batch} reached its lowest validation loss {self.target:.4g} "
+            f"in {self.fixed_steps} optimizer steps, the schedule {schedule}"
+        )
+
+
+def check_schedule(
+    job: JobContext, stages: list[BatchStage], fixed_batch: int, fixed_lr: float, steps: int
+) -> ScheduleCheck:
+    """Train the fixed micro-batch at `fixed_lr` for `steps` optimizer steps, then the schedule's stages (each at
+    its batch and LR, carrying the model and optimizer over) from the same initialisation until it reaches the
+    fixed run's lowest validation loss, or as many steps as the fixed run took to get there.
+
+    Why: the planner's saving is a prediction from B_noise, and B_noise can be far below the batch a task
+    really tolerates (on a wide MLP it read 90-500 early while the steps to a target fell as 1/B up to 1024,
+    so a warm-up through small batches only cost steps: benchmarks/batch_size/warmup.py). The cost: at most
+    twice `steps` training steps, counted in phase "batch_schedule"."""
+    every = max(1, steps // CHECK_EVALUATIONS)
+    at = set(range(every, steps + 1, every))
+    job.progress("batch_schedule", 0, 2 * steps)
+    fixed = list(job.training(fixed_lr, steps, batch_size=fixed_batch, evaluate_at=at))
+    fixed_steps, target = min(fixed, key=lambda point: (point[1], point[0]))
+    check = ScheduleCheck(fixed_batch, fixed_steps, target, None)
+    if not math.isfinite(target):
+        return check
+    model = job.fresh(fixed_lr)
+    done = 0
+    for i, stage in enumerate(stages):
+        assert stage.lr is not None
+        end = min(stages[i + 1].from_step if i + 1 < len(stages) else steps, fixed_steps)
+        if end <= done:
+            continue
+        due = {s - done for s in at if done < s <= end}
+        for step, loss in job.training(stage.lr, end - done, batch_size=stage.batch_size, evaluate_at=due, model=model):
+            if loss <= target:
+                return ScheduleCheck(fixed_batch, fixed_steps, target, done + step)
+            if not math.isfinite(loss):
+                return check
+        done = end
+        job.progress("batch_schedule", steps + done, 2 * steps)
+    return check

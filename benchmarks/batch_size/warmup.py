@@ -68,9 +68,26 @@ SETUPS = {
     "blobs-mlp-sgd": Setup((16, 32, 64, 128, 256, 512), 48_000, "linear"),
     "digits-mlp-momentum": Setup((16, 32, 64, 128, 256, 512), 48_000, "linear"),
     "tokens-transformer-adamw": Setup((8, 16, 32, 64, 128), 12_000, "sqrt"),
+    "blobs-wide-mlp-momentum": Setup((32, 64, 128, 256, 512, 1024, 2048), 128_000, "linear"),
 }
 # Tasks of this benchmark only (the others are lr_quality's).
-OWN_TASKS: list[Task] = []
+OWN_TASKS = [
+    # A wider MLP on more data: its step time grows with the batch (so lrbs's fixed batch is not the largest
+    # candidate) and its noise scale grows ~50x within the job's train_steps.
+    Task(
+        "blobs-wide-mlp-momentum",
+        {
+            "model": {"name": "mlp", "params": {"hidden": [256, 256]}},
+            "dataset": {
+                "name": "synthetic_classification",
+                "params": {"n_samples": 32768, "n_features": 16, "n_classes": 4},
+            },
+            "optimizer": {"name": "sgd", "params": {"momentum": 0.9}},
+        },
+        batch_size=256,
+        steps=250,  # the job's train_steps: 250 steps of the fixed batch lrbs chose (512) are the 128k samples
+    ),
+]
 TASKS = {t.name: t for t in [*LR_TASKS, *OWN_TASKS] if t.name in SETUPS}
 
 

@@ -23,8 +23,8 @@ among those whose final loss is within FINAL_TOLERANCE of the best fixed final l
 loss"). The goal: where lrbs advises a schedule, it reaches the target in fewer steps than the latter at no
 worse final loss; where it declines, no counterfactual warm-up does that by MIN_STEP_SAVING.
 
-Runs are cached in warmup_cache.json (one a line), two processes with one torch thread each. Wall times
-come from a shared 2-core CPU and move with its load.
+Runs are cached in warmup_cache.json (one a line), trained by --processes processes (default 2) with one
+torch thread each. Wall times come from a shared 2-core CPU and move with its load.
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.lr_quality.tasks import POLICY, Task
 from benchmarks.lr_quality.tasks import TASKS as LR_TASKS
 from lrbs.worker import batch_schedule as bs
+from lrbs.worker.job import JobContext
 
 CACHE_FILE = Path(__file__).parent / "warmup_cache.json"
 SEEDS = (0, 1)
@@ -66,8 +68,27 @@ SETUPS = {
     "blobs-mlp-sgd": Setup((16, 32, 64, 128, 256, 512), 48_000, "linear"),
     "digits-mlp-momentum": Setup((16, 32, 64, 128, 256, 512), 48_000, "linear"),
     "tokens-transformer-adamw": Setup((8, 16, 32, 64, 128), 12_000, "sqrt"),
+    "blobs-wide-mlp-momentum": Setup((32, 64, 128, 256, 512, 1024, 2048), 128_000, "linear"),
 }
-TASKS = {t.name: t for t in LR_TASKS if t.name in SETUPS}
+# Tasks of this benchmark only (the others are lr_quality's).
+OWN_TASKS = [
+    # A wider MLP on more data: its step time grows with the batch (so lrbs's fixed batch is not the largest
+    # candidate) and its noise scale grows ~50x within the job's train_steps.
+    Task(
+        "blobs-wide-mlp-momentum",
+        {
+            "model": {"name": "mlp", "params": {"hidden": [256, 256]}},
+            "dataset": {
+                "name": "synthetic_classification",
+                "params": {"n_samples": 32768, "n_features": 16, "n_classes": 4},
+            },
+            "optimizer": {"name": "sgd", "params": {"momentum": 0.9}},
+        },
+        batch_size=256,
+        steps=250,  # the job's train_steps: 250 steps of the fixed batch lrbs chose (512) are the 128k samples
+    ),
+]
+TASKS = {t.name: t for t in [*LR_TASKS, *OWN_TASKS] if t.name in SETUPS}
 
 
 # ---- the lrbs job ----------------------------------------------------------------------------------------
@@ -86,7 +107,7 @@ def lrbs_advice(name: str) -> dict:
         lr_scaling=setup.lr_scaling,
     )  # fmt: skip
     started = time.perf_counter()
-    result = advise(spec)
+    result = advise(spec, policy=POLICY)
     advice = result.batch_advice
     assert advice is not None and advice.noise_trajectory is not None
     lrs = {c.batch_size: c.lr for c in advice.candidates if c.lr}
@@ -131,17 +152,16 @@ def follow_noise(
 
 def train(name: str, stages: Stages, seed: int, samples: int) -> dict:
     """Train through `stages` until `samples` training samples; the validation loss's new lows and the end."""
-    from benchmarks.lr_quality.training import job_of
     from lrbs.worker.probes.batches import forever
     from lrbs.worker.probes.step import TrainingStep
     from lrbs.worker.probes.train import evaluate
 
-    job = job_of(TASKS[name])
+    job = _job(name)
     model, optimizer = job.fresh(stages[0][2], seed)
     val = job.data.val_batches(VAL_BATCH)
     step_fn = TrainingStep(model, job.loss_fn, optimizer, job.step_settings)
     untrained = evaluate(model, job.loss_fn, val)
-    record = {"steps": [0], "samples": [0], "loss": [untrained], "time": [0.0]}
+    record: dict[str, list[float]] = {"steps": [0], "samples": [0], "loss": [untrained], "time": [0.0]}
     model.train()
     step, seen, clock, stage, due = 0, 0, 0.0, -1, 1
     data = None
@@ -167,6 +187,12 @@ def train(name: str, stages: Stages, seed: int, samples: int) -> dict:
                 for k, v in zip(("steps", "samples", "loss", "time"), last, strict=True):
                     record[k].append(v)
     return {**record, "final": list(last), "diverged": False}
+
+
+@cache
+def _job(name: str) -> JobContext:
+    """One job context per task (its data loaded once): every training builds its model through it."""
+    return JobContext.build(TASKS[name].job(device="cpu"), policy=POLICY)
 
 
 # ---- cache and pool --------------------------------------------------------------------------------------
@@ -324,10 +350,12 @@ def _stages(stages: Stages | list | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="*", default=list(SETUPS))
+    parser.add_argument("--processes", type=int, default=2, help="training processes, one torch thread each")
     args = parser.parse_args()
     started = time.perf_counter()
     advices = {name: advice_of(name) for name in args.tasks}
-    results = run_all([r for name in args.tasks for r in runs_for(name, advices[name])], load())
+    runs = [r for name in args.tasks for r in runs_for(name, advices[name])]
+    results = run_all(runs, load(), args.processes)
     summary = []
     for name in args.tasks:
         advice = advices[name]

@@ -42,8 +42,8 @@ import numpy as np
 
 from benchmarks.lr_quality.tasks import POLICY, Task
 from benchmarks.lr_quality.tasks import TASKS as LR_TASKS
+from benchmarks.lr_quality.training import job_of
 from lrbs.worker import batch_schedule as bs
-from lrbs.worker.job import JobContext
 
 CACHE_FILE = Path(__file__).parent / "warmup_cache.json"
 SEEDS = (0, 1)
@@ -156,7 +156,7 @@ def train(name: str, stages: Stages, seed: int, samples: int) -> dict:
     from lrbs.worker.probes.step import TrainingStep
     from lrbs.worker.probes.train import evaluate
 
-    job = _job(name)
+    job = job_of(TASKS[name])
     model, optimizer = job.fresh(stages[0][2], seed)
     val = job.data.val_batches(VAL_BATCH)
     step_fn = TrainingStep(model, job.loss_fn, optimizer, job.step_settings)
@@ -187,12 +187,6 @@ def train(name: str, stages: Stages, seed: int, samples: int) -> dict:
                 for k, v in zip(("steps", "samples", "loss", "time"), last, strict=True):
                     record[k].append(v)
     return {**record, "final": list(last), "diverged": False}
-
-
-@cache
-def _job(name: str) -> JobContext:
-    """One job context per task (its data loaded once): every training builds its model through it."""
-    return JobContext.build(TASKS[name].job(device="cpu"), policy=POLICY)
 
 
 # ---- cache and pool --------------------------------------------------------------------------------------
@@ -416,6 +410,11 @@ def _advice_text(advice: dict) -> str:
     if advice["schedule"]:
         return f"schedule {_stages(advice['schedule'])}, predicted {advice['predicted_saving']:.0%} fewer steps"
     reason = advice["reason"]
+    if "did not confirm" in reason:
+        return (
+            f"declined after its check training: the planned {_stages(advice['no_threshold'])} "
+            f"({advice['predicted_saving']:.0%} fewer steps predicted) did not beat fixed {advice['fixed']}"
+        )
     if "largest candidate" in reason:
         return f"declined: the fixed batch {advice['fixed']} is the largest candidate"
     if "saves only" in reason:

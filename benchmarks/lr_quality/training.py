@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from functools import cache
 
 from benchmarks.lr_quality.tasks import POLICY, TASKS, Task
 from lrbs.worker.job import JobContext
@@ -12,14 +11,14 @@ from lrbs.worker.probes.train import evaluate
 TASKS_BY_NAME = {t.name: t for t in TASKS}
 
 
-@cache
-def _job(name: str) -> JobContext:
-    """One job context per task (its data loaded once): every training builds its model through it."""
-    return JobContext.build(TASKS_BY_NAME[name].job(device="cpu"), policy=POLICY)
+_JOBS: dict[str, JobContext] = {}
 
 
 def job_of(task: Task) -> JobContext:
-    return _job(task.name)
+    """One job context per task (its data loaded once): every training builds its model through it."""
+    if task.name not in _JOBS:
+        _JOBS[task.name] = JobContext.build(task.job(device="cpu"), policy=POLICY)
+    return _JOBS[task.name]
 
 
 def build(task: Task, seed: int, lr: float):

@@ -204,7 +204,7 @@ def check_schedule(
             continue
         due = {s - done for s in at if done < s <= end}
         for step, loss in job.training(stage.lr, end - done, batch_size=stage.batch_size, evaluate_at=due, model=model):
-            if loss <= target:
+            if loss <= target and done + step in at:  # compared on the fixed run's grid: a stage's end is off it
                 return ScheduleCheck(fixed_batch, fixed_steps, target, done + step)
             if not math.isfinite(loss):
                 return check

@@ -61,7 +61,7 @@ def test_an_ended_job_is_served_from_memory_but_never_once_deleted_or_to_another
     first = client.get(f"/v1/jobs/{job_id}", headers=owner)
     assert first.status_code == 200 and first.headers["content-type"] == "application/json"
     assert Job.model_validate_json(first.content).state == "succeeded"  # the contract's shape
-    assert client.app.state.ended_jobs.get((job_id, "full")) is not None
+    assert client.app.state.job_bodies.get((job_id, "full")) is not None
     assert client.get(f"/v1/jobs/{job_id}", headers=owner).content == first.content  # from the cache
     assert client.get(f"/v1/jobs/{job_id}", headers=other).status_code == 404  # ownership is checked first
     assert client.delete(f"/v1/jobs/{job_id}", headers=owner).status_code == 204
@@ -73,8 +73,8 @@ def test_a_cached_body_is_not_served_once_the_job_changed(client):
     job_id = client.post("/v1/jobs", json=MINIMAL_SPEC).json()["id"]
     client.post(f"/v1/jobs/{job_id}:cancel")
     cancelled = client.get(f"/v1/jobs/{job_id}").json()
-    stamp, _ = client.app.state.ended_jobs.get((job_id, "full"))
-    client.app.state.ended_jobs.put((job_id, "full"), (stamp.replace(year=2000), b'{"stale": true}'))
+    stamp, waits, _ = client.app.state.job_bodies.get((job_id, "full"))
+    client.app.state.job_bodies.put((job_id, "full"), (stamp.replace(year=2000), waits, b'{"stale": true}'))
     assert client.get(f"/v1/jobs/{job_id}").json() == cancelled
 
 
@@ -208,3 +208,25 @@ def test_sqlite_writers_of_two_processes_take_turns_on_the_database_file(tmp_pat
     finally:
         first.dispose()
         second.dispose()
+
+
+def test_a_queued_jobs_body_is_kept_while_neither_it_nor_what_it_waits_for_changes(client):
+    """A queued job's body is kept too, with its updated_at and its waiting_for: polled, it comes from memory;
+    once a worker that can run it comes online (or the row changes), it is built again."""
+    from tests.test_scheduling import info, register
+
+    job_id = client.post("/v1/jobs", json=MINIMAL_SPEC).json()["id"]
+    first = client.get(f"/v1/jobs/{job_id}").json()
+    assert first["waiting_for"] == "any worker; online: none"
+    stamp, waits, _ = client.app.state.job_bodies.get((job_id, "full"))
+    assert waits == first["waiting_for"]
+    marked = b'{"from": "memory"}'
+    client.app.state.job_bodies.put((job_id, "full"), (stamp, waits, marked))
+    assert client.get(f"/v1/jobs/{job_id}").content == marked  # current: served as kept
+    assert client.get("/v1/jobs").content.startswith(b'{"jobs":[' + marked)  # and in a list page alike
+
+    register(client, "cpu-1", info())
+    rebuilt = client.get(f"/v1/jobs/{job_id}").json()
+    assert rebuilt["id"] == job_id and rebuilt["waiting_for"] is None  # what it waits for changed: built again
+    assert client.post(f"/v1/jobs/{job_id}:cancel").status_code == 200
+    assert client.get(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"

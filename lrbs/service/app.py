@@ -122,8 +122,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.draining = False  # set on shutdown so long-polls end instead of holding it up
     app.state.key_cache = TTLCache[Caller](settings.api_key_cache_seconds)
     app.state.plot_cache = LRU[bytes](entries=128, max_bytes=32 * MIB)  # a plot: 50–150 kB, ~1 s to render
-    # GET /v1/jobs/{id} of an ended job: (its updated_at, the serialized body)
-    app.state.ended_jobs = LRU[tuple[datetime, bytes]](entries=1024, max_bytes=64 * MIB, size=lambda v: len(v[1]))
+    # Each job's JSON by (id, view), with what it was built from: (its updated_at, its waiting_for, the body)
+    app.state.job_bodies = LRU[tuple[datetime, str | None, bytes]](
+        entries=1024, max_bytes=64 * MIB, size=lambda v: len(v[2])
+    )
     install_handlers(app)
 
     app.state.metrics = metrics.Metrics(app)

@@ -120,7 +120,9 @@ _INSERT_JOB = insert(typing.cast(Table, JobRow.__table__))
 _INSERT_LABEL = insert(typing.cast(Table, JobLabelRow.__table__))
 
 
-HEAD = (JobRow.id, JobRow.state, JobRow.owner_key_id, JobRow.created_at, JobRow.updated_at)
+# What decides whether a kept body is current (api/jobs.serialized): who may see it, its last change and, while
+# it is queued, what it needs from a worker.
+HEAD = (JobRow.id, JobRow.state, JobRow.owner_key_id, JobRow.created_at, JobRow.updated_at, JobRow.requirements)
 
 
 def get(session: Session, job_id: str, caller: Caller = OPEN, head_only: bool = False) -> JobRow:

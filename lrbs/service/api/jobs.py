@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lrbs.contract.builtins import BuiltinDatasetSpec
 from lrbs.contract.job_spec import JobSpec, UploadedDataset
-from lrbs.contract.resources import TERMINAL_STATES, Job, JobPage, JobState, WorkerOut
+from lrbs.contract.resources import Job, JobPage, JobState, WorkerOut
 from lrbs.service import admission, dataset_store, idempotency, queue, scheduling, worker_registry
 from lrbs.service.api.deps import CallerDep, SessionsDep, SettingsDep
 from lrbs.service.caches import LRU
@@ -68,10 +68,16 @@ def to_resource(job: JobRow, workers: list[WorkerOut] | None = None, summary: bo
         resource = Job.model_validate({**fields, "result": result})
     else:
         resource = Job.model_validate(job, from_attributes=True)
-    if workers is not None and job.state == JobState.queued:
-        need = scheduling.Requirements.model_validate(job.requirements) if job.requirements else None
-        resource.waiting_for = scheduling.waiting_for(need, workers)
+    resource.waiting_for = waiting_for(job, workers)
     return resource
+
+
+def waiting_for(job: JobRow, workers: list[WorkerOut] | None) -> str | None:
+    """What a queued job waits for, given the online workers (None: nothing, or the workers were not read)."""
+    if workers is None or job.state != JobState.queued:
+        return None
+    need = scheduling.Requirements.model_validate(job.requirements) if job.requirements else None
+    return scheduling.waiting_for(need, workers)
 
 
 @router.post(
@@ -140,25 +146,28 @@ async def submit_job(
 View = Literal["full", "summary"]
 
 
+Bodies = LRU[tuple[datetime, str | None, bytes]]
+
+
 def serialized(
-    session: Session,
-    jobs: list[JobRow],
-    view: View,
-    settings: Settings,
-    ended: LRU[tuple[datetime, bytes]],
-    complete: bool = False,
+    session: Session, jobs: list[JobRow], view: View, settings: Settings, cache: Bodies, complete: bool = False
 ) -> list[bytes]:
     """The JSON of each job as the API shows it, for GET /v1/jobs/{id} and list pages alike.
 
-    Clients poll, and an ended job never changes: its body is kept per replica with its updated_at, so a repeat
-    costs reading a few columns (still there? still theirs? the same?) instead of decoding and re-encoding tens
-    of kB. `jobs` come with those columns only (queue.list_jobs, queue.get with head_only), and the rest of the rows not
-    served from memory is read here in one query; or `complete`: whole rows (with the result for the full view)."""
+    Clients poll, and a job's body changes only when its row does (its updated_at) or, while it is queued, when
+    what it waits for does: each body is kept per replica with those two, so a repeat costs reading a few columns
+    (still there? still theirs? the same?) and the online workers, instead of validating and encoding the spec
+    and result again (tens of kB for an ended job). `jobs` come with those columns only (queue.list_jobs,
+    queue.get with head_only), and the rest of the rows not served from memory is read here in one query; or
+    `complete`: whole rows (with the result for the full view)."""
+    queued = any(job.state == JobState.queued for job in jobs)
+    workers = worker_registry.list_workers(session, settings, online_only=True) if queued else None
+    waits = {job.id: waiting_for(job, workers) for job in jobs}
     bodies: dict[str, bytes] = {}
     for job in jobs:
-        hit = ended.get((job.id, view)) if job.state in TERMINAL_STATES else None
-        if hit is not None and hit[0] == job.updated_at:
-            bodies[job.id] = hit[1]
+        hit = cache.get((job.id, view))
+        if hit is not None and hit[0] == job.updated_at and hit[1] == waits[job.id]:
+            bodies[job.id] = hit[2]
     rows = [job for job in jobs if job.id not in bodies]
     if rows and not complete:
         query = select(JobRow).where(JobRow.id.in_([row.id for row in rows]))
@@ -167,12 +176,9 @@ def serialized(
                 defer(JobRow.result), with_expression(JobRow.result_summary, queue.without_curves(session))
             )
         rows = list(session.scalars(query.execution_options(populate_existing=True)))
-    queued = any(row.state == JobState.queued for row in rows)
-    workers = worker_registry.list_workers(session, settings, online_only=True) if queued else None
     for row in rows:
         body = to_resource(row, workers, summary=view == "summary").model_dump_json(by_alias=True).encode()
-        if row.state in TERMINAL_STATES:
-            ended.put((row.id, view), (row.updated_at, body))
+        cache.put((row.id, view), (row.updated_at, waiting_for(row, workers), body))
         bodies[row.id] = body
     return [bodies[job.id] for job in jobs if job.id in bodies]  # a job deleted in between: left out
 
@@ -181,11 +187,11 @@ def serialized(
 async def get_job(job_id: str, request: Request, sessions: SessionsDep, settings: SettingsDep, caller: CallerDep):
     # One thread-pool hop for all the work; the body is built by `serialized`, as FastAPI would build it.
     def read() -> bytes:
-        ended = request.app.state.ended_jobs
+        cache = request.app.state.job_bodies
         with reading(sessions) as session:
-            known = ended.get((job_id, "full")) is not None  # then its head may be enough
+            known = cache.get((job_id, "full")) is not None  # then its head may be enough
             job = queue.get(session, job_id, caller, head_only=known)
-            found = serialized(session, [job], "full", settings, ended, complete=not known)
+            found = serialized(session, [job], "full", settings, cache, complete=not known)
             if not found:  # deleted since it was looked up
                 raise NotFound(f"no job {job_id!r}")
             return found[0]
@@ -219,7 +225,7 @@ async def list_jobs(
     def read() -> bytes:
         with reading(sessions) as session:
             jobs, token = queue.list_jobs(session, state, page_size, page_token, caller, labels)
-            bodies = serialized(session, jobs, view, settings, request.app.state.ended_jobs)
+            bodies = serialized(session, jobs, view, settings, request.app.state.job_bodies)
         # JobPage's JSON, assembled from the bodies: {"jobs": [...], "next_page_token": ...}
         return b'{"jobs":[' + b",".join(bodies) + b'],"next_page_token":' + json.dumps(token).encode() + b"}"
 

@@ -119,3 +119,28 @@ def test_a_worker_busy_with_a_long_job_stays_online_through_its_heartbeats(clien
     beat = {"lease_token": lease["lease_token"]}
     assert client.post(f"/v1/worker/jobs/{lease['job_id']}:heartbeat", json=beat, headers=AUTH).status_code == 200
     assert client.get("/v1/workers").json()["workers"][0]["online"]
+
+
+@pytest.mark.parametrize("cache_seconds", [60.0, 0.0])
+def test_a_replica_reuses_the_online_workers_it_read_until_one_comes_online_through_it(settings, cache_seconds):
+    """LRBS_WORKER_LIST_CACHE_SECONDS: what a queued job waits for comes from the online workers this replica
+    read, reused that long; a worker that registers through this replica shows at once, one that came online
+    through another replica (here: written straight to the database) once the time is up (0: at once)."""
+    from lrbs.service import worker_registry
+    from lrbs.service.db import make_engine, make_sessionmaker, transaction
+
+    settings.worker_list_cache_seconds = cache_seconds
+    with TestClient(create_app(settings)) as c:
+        job = c.post("/v1/jobs", json={**AUTO, "device": "cuda"}).json()
+        assert job["waiting_for"] == "a worker with CUDA; online: none"
+        engine = make_engine(settings.database_url)
+        try:
+            with transaction(make_sessionmaker(engine)) as session:  # as another replica would record it
+                worker_registry.seen(session, settings, "cpu-elsewhere", info())
+        finally:
+            engine.dispose()
+        elsewhere = c.get(f"/v1/jobs/{job['id']}").json()["waiting_for"]
+        seen_at_once = "a worker with CUDA; online: 1 CPU worker"
+        assert elsewhere == ("a worker with CUDA; online: none" if cache_seconds else seen_at_once)
+        register(c, "gpu-here", info(80.0))
+        assert c.get(f"/v1/jobs/{job['id']}").json()["waiting_for"] is None  # through this replica: at once

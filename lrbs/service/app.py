@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import lrbs
+from lrbs.contract.resources import WorkerOut
 from lrbs.service import dashboard, db, docs, metrics, openapi, queue, retention, worker_registry
 from lrbs.service.api import datasets, events, health, jobs, plots, worker_protocol, workers
 from lrbs.service.api_keys import Caller
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.draining = False  # set on shutdown so long-polls end instead of holding it up
     app.state.key_cache = TTLCache[Caller](settings.api_key_cache_seconds)
+    app.state.online_workers = TTLCache[list[WorkerOut]](settings.worker_list_cache_seconds, entries=1)
     app.state.plot_cache = LRU[bytes](entries=128, max_bytes=32 * MIB)  # a plot: 50–150 kB, ~1 s to render
     # Each job's JSON by (id, view), with what it was built from: (its updated_at, its waiting_for, the body)
     app.state.job_bodies = LRU[tuple[datetime, str | None, bytes]](

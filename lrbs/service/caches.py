@@ -59,6 +59,10 @@ class TTLCache(Generic[V]):
                 return None
             return found[1]
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
     def put(self, key: Any, value: V) -> None:
         if self._seconds <= 0:
             return

@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         description="A replica trusts a key it has found valid this long without asking the database again, so a "
         "revoked key may still work this long on a replica that saw it. 0: ask every time.",
     )
+    worker_list_cache_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="A replica reuses the online workers it read (for a queued job's waiting_for and the memory "
+        "check at submit) this long. A worker that registers or comes back through this replica is seen at once; "
+        "through another, within this time. 0: read them every time.",
+    )
     max_active_jobs_per_key: int = Field(100, gt=0, description="Queued and running jobs one API key may have.")
     max_stored_mb_per_key: float = Field(10_240, gt=0, description="Upload bytes one API key may keep stored, in MiB.")
     max_columns: int = Field(100_000, gt=0, description="Most columns a CSV or Parquet upload may have.")

@@ -8,22 +8,42 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from lrbs.contract.resources import JobState, WorkerInfo, WorkerOut
+from lrbs.service.caches import TTLCache
 from lrbs.service.queue import utcnow
 from lrbs.service.settings import Settings
 from lrbs.service.tables import JobRow, WorkerRow
 
 
-def seen(session: Session, worker_id: str, info: WorkerInfo | None = None) -> None:
-    """Record that a worker called in (registering it on first sight)."""
+def seen(session: Session, settings: Settings, worker_id: str, info: WorkerInfo | None = None) -> bool:
+    """Record that a worker called in (registering it on first sight). True if that changes the online workers as
+    scheduling sees them: a new worker, one back from offline, or new capabilities."""
     now = utcnow()
     worker = session.get(WorkerRow, worker_id)
+    changed = worker is None or worker.last_seen_at < now - timedelta(seconds=settings.worker_online_seconds)
     if worker is None:
         worker = WorkerRow(id=worker_id, first_seen_at=now, last_seen_at=now)
         session.add(worker)
     worker.last_seen_at = now
     if info is not None:
-        worker.info = info.model_dump(mode="json")
+        stored = info.model_dump(mode="json")
+        changed = changed or worker.info != stored
+        worker.info = stored
     session.flush()
+    return changed
+
+
+def online_workers(session: Session, settings: Settings, cache: TTLCache[list[WorkerOut]]) -> list[WorkerOut]:
+    """The online workers as scheduling sees them (a queued job's waiting_for, the admission check), reused for
+    LRBS_WORKER_LIST_CACHE_SECONDS: a fleet changes slowly, and a polled queued job would read them every time.
+    A worker that registers or comes back through this replica clears it (`seen` says when)."""
+    found = cache.get(ONLINE)
+    if found is None:
+        found = list_workers(session, settings, online_only=True)
+        cache.put(ONLINE, found)
+    return found
+
+
+ONLINE = "online"
 
 
 def largest_memory_gb(workers: list[WorkerOut]) -> float | None:

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, with_expression
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import State
 
 from lrbs.contract.builtins import BuiltinDatasetSpec
 from lrbs.contract.job_spec import JobSpec, UploadedDataset
@@ -19,7 +20,6 @@ from lrbs.service.caches import LRU
 from lrbs.service.db import reading, transaction
 from lrbs.service.errors import NotFound, Unprocessable
 from lrbs.service.limits import check_limits
-from lrbs.service.settings import Settings
 from lrbs.service.tables import JobRow
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -112,7 +112,7 @@ async def submit_job(
         with reading(sessions) as session:
             if idempotency_key and (earlier := idempotency.replay(session, caller, idempotency_key, digest)):
                 return earlier.id, to_resource(earlier).model_dump_json(by_alias=True).encode()
-            online = worker_registry.list_workers(session, settings, online_only=True)
+            online = worker_registry.online_workers(session, settings, request.app.state.online_workers)
         largest = worker_registry.largest_memory_gb(online)
         need = None
         if isinstance(spec.dataset, BuiltinDatasetSpec):
@@ -149,9 +149,7 @@ View = Literal["full", "summary"]
 Bodies = LRU[tuple[datetime, str | None, bytes]]
 
 
-def serialized(
-    session: Session, jobs: list[JobRow], view: View, settings: Settings, cache: Bodies, complete: bool = False
-) -> list[bytes]:
+def serialized(session: Session, jobs: list[JobRow], view: View, state: State, complete: bool = False) -> list[bytes]:
     """The JSON of each job as the API shows it, for GET /v1/jobs/{id} and list pages alike.
 
     Clients poll, and a job's body changes only when its row does (its updated_at) or, while it is queued, when
@@ -159,9 +157,10 @@ def serialized(
     (still there? still theirs? the same?) and the online workers, instead of validating and encoding the spec
     and result again (tens of kB for an ended job). `jobs` come with those columns only (queue.list_jobs,
     queue.get with head_only), and the rest of the rows not served from memory is read here in one query; or
-    `complete`: whole rows (with the result for the full view)."""
+    `complete`: whole rows (with the result for the full view). `state`: the app's, with its caches and settings."""
+    cache: Bodies = state.job_bodies
     queued = any(job.state == JobState.queued for job in jobs)
-    workers = worker_registry.list_workers(session, settings, online_only=True) if queued else None
+    workers = worker_registry.online_workers(session, state.settings, state.online_workers) if queued else None
     waits = {job.id: waiting_for(job, workers) for job in jobs}
     bodies: dict[str, bytes] = {}
     for job in jobs:
@@ -187,11 +186,11 @@ def serialized(
 async def get_job(job_id: str, request: Request, sessions: SessionsDep, settings: SettingsDep, caller: CallerDep):
     # One thread-pool hop for all the work; the body is built by `serialized`, as FastAPI would build it.
     def read() -> bytes:
-        cache = request.app.state.job_bodies
+        state = request.app.state
         with reading(sessions) as session:
-            known = cache.get((job_id, "full")) is not None  # then its head may be enough
+            known = state.job_bodies.get((job_id, "full")) is not None  # then its head may be enough
             job = queue.get(session, job_id, caller, head_only=known)
-            found = serialized(session, [job], "full", settings, cache, complete=not known)
+            found = serialized(session, [job], "full", state, complete=not known)
             if not found:  # deleted since it was looked up
                 raise NotFound(f"no job {job_id!r}")
             return found[0]
@@ -225,7 +224,7 @@ async def list_jobs(
     def read() -> bytes:
         with reading(sessions) as session:
             jobs, token = queue.list_jobs(session, state, page_size, page_token, caller, labels)
-            bodies = serialized(session, jobs, view, settings, request.app.state.job_bodies)
+            bodies = serialized(session, jobs, view, request.app.state)
         # JobPage's JSON, assembled from the bodies: {"jobs": [...], "next_page_token": ...}
         return b'{"jobs":[' + b",".join(bodies) + b'],"next_page_token":' + json.dumps(token).encode() + b"}"
 

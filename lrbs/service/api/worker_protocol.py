@@ -70,7 +70,9 @@ async def claim(body: ClaimRequest, request: Request, sessions: SessionsDep, set
 
     def mark_seen() -> None:
         with transaction(sessions) as session:
-            worker_registry.seen(session, body.worker_id)
+            changed = worker_registry.seen(session, settings, body.worker_id)
+        if changed:  # after the commit: a request that reads the workers now sees this one
+            request.app.state.online_workers.clear()
 
     await run_in_threadpool(mark_seen)
 
@@ -130,9 +132,11 @@ def cancelled(job_id: str, body: Cancelled, sessions: SessionsDep) -> Response:
 
 
 @router.post("/register", status_code=204, summary="Say what this worker can run")
-def register(body: Registration, sessions: SessionsDep) -> Response:
+def register(body: Registration, request: Request, sessions: SessionsDep, settings: SettingsDep) -> Response:
     with transaction(sessions) as session:
-        worker_registry.seen(session, body.worker_id, body.info)
+        changed = worker_registry.seen(session, settings, body.worker_id, body.info)
+    if changed:  # after the commit: a request that reads the workers now sees this one
+        request.app.state.online_workers.clear()
     return Response(status_code=204)
 
 

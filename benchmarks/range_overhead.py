@@ -217,15 +217,10 @@ def measure(name: str, mode: str, device: torch.device, args: argparse.Namespace
         return lambda: bare_loop(bare_model, bare_opt, batches, steps, device, args.precision, args.accumulation)
 
     def probe(steps: int) -> Callable[[], None]:
-        if mode == "in place":  # the worker's way: a model of its own, built outside the clock like the bare loop's
-            own_model = build()
-            own_opt = sgd(own_model)
-            return lambda: range_test(
-                own_model, own_opt, batches, steps, args.precision, args.accumulation, args.check_every, True
-            )
-        return lambda: range_test(
-            model, opt, batches, steps, args.precision, args.accumulation, args.check_every, False
-        )
+        in_place = mode == "in place"  # the worker's way: a model of its own, built outside the clock like the bare's
+        m = build() if in_place else model
+        o = sgd(m) if in_place else opt
+        return lambda: range_test(m, o, batches, steps, args.precision, args.accumulation, args.check_every, in_place)
 
     # Warm up both paths (allocator, kernels, lazy init) before anything is timed.
     for _ in range(2):

@@ -176,8 +176,9 @@ def serialized(session: Session, jobs: list[JobRow], view: View, state: State, c
             )
         rows = list(session.scalars(query.execution_options(populate_existing=True)))
     for row in rows:
-        body = to_resource(row, workers, summary=view == "summary").model_dump_json(by_alias=True).encode()
-        cache.put((row.id, view), (row.updated_at, waiting_for(row, workers), body))
+        resource = to_resource(row, workers, summary=view == "summary")
+        body = resource.model_dump_json(by_alias=True).encode()
+        cache.put((row.id, view), (row.updated_at, resource.waiting_for, body))
         bodies[row.id] = body
     return [bodies[job.id] for job in jobs if job.id in bodies]  # a job deleted in between: left out
 

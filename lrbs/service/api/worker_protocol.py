@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from lrbs.contract.job_spec import JobSpec
-from lrbs.contract.resources import JobState
+from lrbs.contract.resources import JobState, WorkerInfo
 from lrbs.contract.worker_messages import (
     Cancelled,
     ClaimRequest,
@@ -68,13 +68,7 @@ async def claim(body: ClaimRequest, request: Request, sessions: SessionsDep, set
         with transaction(sessions) as session:
             queue.release(session, lease.job_id, lease.lease_token)
 
-    def mark_seen() -> None:
-        with transaction(sessions) as session:
-            changed = worker_registry.seen(session, settings, body.worker_id)
-        if changed:  # after the commit: a request that reads the workers now sees this one
-            request.app.state.online_workers.clear()
-
-    await run_in_threadpool(mark_seen)
+    await run_in_threadpool(mark_seen, request, sessions, settings, body.worker_id)
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.wait_seconds
@@ -133,11 +127,19 @@ def cancelled(job_id: str, body: Cancelled, sessions: SessionsDep) -> Response:
 
 @router.post("/register", status_code=204, summary="Say what this worker can run")
 def register(body: Registration, request: Request, sessions: SessionsDep, settings: SettingsDep) -> Response:
-    with transaction(sessions) as session:
-        changed = worker_registry.seen(session, settings, body.worker_id, body.info)
-    if changed:  # after the commit: a request that reads the workers now sees this one
-        request.app.state.online_workers.clear()
+    mark_seen(request, sessions, settings, body.worker_id, body.info)
     return Response(status_code=204)
+
+
+def mark_seen(
+    request: Request, sessions: SessionsDep, settings: SettingsDep, worker_id: str, info: WorkerInfo | None = None
+) -> None:
+    """Record that a worker called in; if that changes who is online for scheduling, this replica's list of online
+    workers is dropped, after the commit, so the next request that reads them sees this one."""
+    with transaction(sessions) as session:
+        changed = worker_registry.seen(session, settings, worker_id, info)
+    if changed:
+        request.app.state.online_workers.clear()
 
 
 @router.get(

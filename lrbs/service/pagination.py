@@ -30,12 +30,14 @@ def decode_token(token: str) -> tuple[datetime, str]:
 def newest_first(
     session: Session, query: Select, model: Any, page_size: int, page_token: str | None
 ) -> tuple[list[Any], str | None]:
-    """One page of `query` (a select of `model`) and the token of the next page, if any."""
+    """One page of `query` (a select of `model`, or of some of its columns: rows) and the token of the next page,
+    if any."""
     query = query.order_by(model.created_at.desc(), model.id.desc()).limit(page_size + 1)
     if page_token:
         created, last_id = decode_token(page_token)
         query = query.where(or_(model.created_at < created, (model.created_at == created) & (model.id < last_id)))
-    rows = list(session.scalars(query))
+    whole = len(query.column_descriptions) == 1  # whole objects, not rows of columns
+    rows = list(session.scalars(query) if whole else session.execute(query))
     if len(rows) > page_size:
         return rows[:page_size], encode_token(rows[page_size - 1])
     return rows, None

@@ -23,6 +23,7 @@ computes: one run's range test gets 5x the bare loop's faults, the next run the 
 counts per step are printed for each model). `--malloc default` measures with glibc as it comes.
 
     python -m benchmarks.range_overhead --device cpu --steps 200 --repeats 11 --threads 1
+    python -m benchmarks.range_overhead --device cpu --models tiny --repeats 61   # the loop's own µs per step
     python -m benchmarks.range_overhead --device cuda --batch-size 256 --check-every 200
     python -m benchmarks.range_overhead --device cuda --precision fp16 --accumulation 4
 """
@@ -71,7 +72,13 @@ def convnet() -> tuple[nn.Module, torch.Size, int]:
     return model, torch.Size([3, 32, 32]), 10
 
 
-MODELS: dict[str, Callable[[], tuple[nn.Module, torch.Size, int]]] = {"mlp": mlp, "convnet": convnet}
+def tiny() -> tuple[nn.Module, torch.Size, int]:
+    """Almost no arithmetic: its step is torch's per-call cost, so the extra µs per step it shows is the
+    range test's own Python, measured where a µs is not lost in a shared machine's noise."""
+    return nn.Sequential(nn.Linear(4, 2)), torch.Size([4]), 2
+
+
+MODELS: dict[str, Callable[[], tuple[nn.Module, torch.Size, int]]] = {"mlp": mlp, "convnet": convnet, "tiny": tiny}
 
 
 def make_batches(shape: torch.Size, classes: int, batch_size: int, n: int = 8) -> list[tuple]:
@@ -254,6 +261,9 @@ def measure(name: str, mode: str, device: torch.device, args: argparse.Namespace
         "bare": statistics.median(r["wall"] for r in runs["bare"]),
         "probe": statistics.median(r["wall"] for r in runs["probe"]),
         "ratio": statistics.median(wall),
+        "extra_us": statistics.median(p["wall"] - b["wall"] for b, p in zip(runs["bare"], runs["probe"], strict=True))
+        / args.steps
+        * 1e6,
         "spread": (q1, q3, min(wall), max(wall)),
         "cpu": statistics.median(ratios("cpu")) if device.type == "cpu" else None,
         "instructions": statistics.median(ratios("instructions")) if counter else None,
@@ -298,7 +308,7 @@ def main() -> None:
         f"{args.repeats} paired runs in ABBA order, medians\n"
     )
     columns = ["model", "range test", "device", "batch", "steps", "bare s", "range test s", "ratio"]
-    columns += ["spread q1–q3 (min–max)"]
+    columns += ["spread q1–q3 (min–max)", "extra µs/step"]
     columns += ["CPU-time ratio", "instructions ratio (+/step)", "goal"]
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
@@ -313,7 +323,7 @@ def main() -> None:
             f"{r['bare']:.3f}",
             f"{r['probe']:.3f}",
         ]
-        cells += [f"{r['ratio']:.3f}×", f"{q1:.3f}–{q3:.3f} ({lo:.3f}–{hi:.3f})"]
+        cells += [f"{r['ratio']:.3f}×", f"{q1:.3f}–{q3:.3f} ({lo:.3f}–{hi:.3f})", f"{r['extra_us']:+.1f}"]
         cells.append(f"{r['cpu']:.3f}×" if r["cpu"] is not None else "n/a")
         extra = r["extra_per_step"]
         cells.append(f"{r['instructions']:.4f}× (+{extra / 1e3:.0f}k)" if r["instructions"] is not None else "n/a")

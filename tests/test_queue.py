@@ -12,6 +12,7 @@ from lrbs.contract.results import Curve, Environment, Result, SuggestionOut
 from lrbs.service import queue
 from lrbs.service.db import transaction
 from lrbs.service.errors import Conflict, LeaseLost, TooManyRequests
+from lrbs.service.settings import Settings
 from tests.conftest import MINIMAL_SPEC
 
 SPEC = JobSpec.model_validate(MINIMAL_SPEC)
@@ -227,6 +228,33 @@ def test_readers_do_not_wait_for_a_writer(database_url):
             if database_url.startswith("sqlite"):
                 with pytest.raises(OperationalError, match="locked"), transaction(sessions) as second_writer:
                     second_writer.execute(select(JobRow.id).limit(1)).all()
+    finally:
+        engine.dispose()
+
+
+def test_a_connection_that_served_reads_still_rolls_a_failed_write_back(database_url):
+    """`reading` runs without a transaction on PostgreSQL (autocommit: no BEGIN and COMMIT round trips); the pooled
+    connection it used must come back transactional, or a failed write would keep its first statements."""
+    from sqlalchemy import func, select
+
+    from lrbs.service.db import make_engine, make_sessionmaker, reading, upgrade
+    from lrbs.service.tables import JobRow
+
+    engine = make_engine(database_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    try:
+        for _ in range(3):  # the pool hands the same connection back each time: one thread, nothing else open
+            with reading(sessions) as reader:
+                before = reader.scalar(select(func.count()).select_from(JobRow))
+                if engine.dialect.name == "postgresql":
+                    assert reader.connection().connection.dbapi_connection.autocommit
+            with pytest.raises(RuntimeError), transaction(sessions) as writer:
+                queue.submit(writer, SPEC, Settings(database_url=database_url))
+                writer.flush()
+                raise RuntimeError("the rest of the write failed")
+            with reading(sessions) as reader:
+                assert reader.scalar(select(func.count()).select_from(JobRow)) == before
     finally:
         engine.dispose()
 

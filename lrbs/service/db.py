@@ -153,10 +153,13 @@ def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
 
 @contextmanager
 def reading(sessions: sessionmaker[Session]) -> Iterator[Session]:
-    """A transaction that only reads. On SQLite it begins deferred, so it reads a WAL snapshot without taking the
-    write lock (a `transaction` takes it up front); elsewhere it is a `transaction`."""
+    """Reads only. On SQLite a transaction that begins deferred, so it reads a WAL snapshot without taking the
+    write lock (a `transaction` takes it up front). On PostgreSQL no transaction at all (autocommit): at READ
+    COMMITTED each statement reads its own snapshot either way, and BEGIN and COMMIT would cost two more round
+    trips per request. The pool puts the connection back in transactions when it is returned."""
     with sessions() as session, session.begin():
-        session.connection(execution_options={READ_ONLY: True})
+        sqlite = session.get_bind().dialect.name == "sqlite"
+        session.connection(execution_options={READ_ONLY: True} if sqlite else {"isolation_level": "AUTOCOMMIT"})
         yield session
 
 

@@ -28,16 +28,15 @@ def decode_token(token: str) -> tuple[datetime, str]:
 
 
 def newest_first(
-    session: Session, query: Select, model: Any, page_size: int, page_token: str | None
+    session: Session, query: Select, model: Any, page_size: int, page_token: str | None, rows: bool = False
 ) -> tuple[list[Any], str | None]:
-    """One page of `query` (a select of `model`, or of some of its columns: rows) and the token of the next page,
-    if any."""
+    """One page of `query` and the token of the next page, if any. `query` selects whole `model` objects or, with
+    `rows`, columns (`model` then may be a table's columns: a Core select, plain rows)."""
     query = query.order_by(model.created_at.desc(), model.id.desc()).limit(page_size + 1)
     if page_token:
         created, last_id = decode_token(page_token)
         query = query.where(or_(model.created_at < created, (model.created_at == created) & (model.id < last_id)))
-    whole = len(query.column_descriptions) == 1  # whole objects, not rows of columns
-    rows = list(session.scalars(query) if whole else session.execute(query))
-    if len(rows) > page_size:
-        return rows[:page_size], encode_token(rows[page_size - 1])
-    return rows, None
+    page = list(session.execute(query).all() if rows else session.scalars(query).all())
+    if len(page) > page_size:
+        return page[:page_size], encode_token(page[page_size - 1])
+    return page, None

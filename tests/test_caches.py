@@ -73,8 +73,9 @@ def test_a_cached_body_is_not_served_once_the_job_changed(client):
     job_id = client.post("/v1/jobs", json=MINIMAL_SPEC).json()["id"]
     client.post(f"/v1/jobs/{job_id}:cancel")
     cancelled = client.get(f"/v1/jobs/{job_id}").json()
-    stamp, waits, _ = client.app.state.job_bodies.get((job_id, "full"))
-    client.app.state.job_bodies.put((job_id, "full"), (stamp.replace(year=2000), waits, b'{"stale": true}'))
+    kept = client.app.state.job_bodies.get((job_id, "full"))
+    stale = kept._replace(updated_at=kept.updated_at.replace(year=2000), body=b'{"stale": true}')
+    client.app.state.job_bodies.put((job_id, "full"), stale)
     assert client.get(f"/v1/jobs/{job_id}").json() == cancelled
 
 
@@ -218,12 +219,15 @@ def test_a_queued_jobs_body_is_kept_while_neither_it_nor_what_it_waits_for_chang
     job_id = client.post("/v1/jobs", json=MINIMAL_SPEC).json()["id"]
     first = client.get(f"/v1/jobs/{job_id}").json()
     assert first["waiting_for"] == "any worker; online: none"
-    stamp, waits, _ = client.app.state.job_bodies.get((job_id, "full"))
-    assert waits == first["waiting_for"]
+    kept = client.app.state.job_bodies.get((job_id, "full"))
+    assert kept.waiting_for == first["waiting_for"]
     marked = b'{"from": "memory"}'
-    client.app.state.job_bodies.put((job_id, "full"), (stamp, waits, marked))
+    client.app.state.job_bodies.put((job_id, "full"), kept._replace(body=marked))
     assert client.get(f"/v1/jobs/{job_id}").content == marked  # current: served as kept
     assert client.get("/v1/jobs").content.startswith(b'{"jobs":[' + marked)  # and in a list page alike
+    # The replica read its online workers again (another list), and the job still waits for the same: kept.
+    client.app.state.online_workers.clear()
+    assert client.get(f"/v1/jobs/{job_id}").content == marked
 
     register(client, "cpu-1", info())
     rebuilt = client.get(f"/v1/jobs/{job_id}").json()

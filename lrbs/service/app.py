@@ -7,7 +7,6 @@ import gc
 import logging
 import time
 from contextlib import asynccontextmanager, suppress
-from datetime import datetime
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -124,10 +123,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.key_cache = TTLCache[Caller](settings.api_key_cache_seconds)
     app.state.online_workers = TTLCache[list[WorkerOut]](settings.worker_list_cache_seconds, entries=1)
     app.state.plot_cache = LRU[bytes](entries=128, max_bytes=32 * MIB)  # a plot: 50–150 kB, ~1 s to render
-    # Each job's JSON by (id, view), with what it was built from: (its updated_at, its waiting_for, the body)
-    app.state.job_bodies = LRU[tuple[datetime, str | None, bytes]](
-        entries=1024, max_bytes=64 * MIB, size=lambda v: len(v[2])
-    )
+    # Each job's JSON by (id, view), with what it was built from
+    app.state.job_bodies = jobs.Bodies(entries=1024, max_bytes=64 * MIB, size=lambda kept: len(kept.body))
     install_handlers(app)
 
     app.state.metrics = metrics.Metrics(app)

@@ -3,7 +3,7 @@
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from sqlalchemy import select
@@ -147,7 +147,18 @@ async def submit_job(
 View = Literal["full", "summary"]
 
 
-Bodies = LRU[tuple[datetime, str | None, bytes]]
+class KeptBody(NamedTuple):
+    """A job's JSON as `serialized` built it, with what it was built from."""
+
+    updated_at: datetime
+    # The online workers it saw: the replica reuses one list for LRBS_WORKER_LIST_CACHE_SECONDS, and while a
+    # queued job is polled with that same list, its waiting_for cannot have changed (no need to work it out).
+    workers: list[WorkerOut] | None
+    waiting_for: str | None
+    body: bytes
+
+
+Bodies = LRU[KeptBody]
 
 
 def serialized(
@@ -165,12 +176,16 @@ def serialized(
     cache: Bodies = state.job_bodies
     queued = any(job.state == JobState.queued for job in jobs)
     workers = worker_registry.online_workers(session, state.settings, state.online_workers) if queued else None
-    waits = {job.id: waiting_for(job, workers) for job in jobs}
     bodies: dict[str, bytes] = {}
     for job in jobs:
         hit = cache.get((job.id, view))
-        if hit is not None and hit[0] == job.updated_at and hit[1] == waits[job.id]:
-            bodies[job.id] = hit[2]
+        if hit is None or hit.updated_at != job.updated_at:
+            continue
+        if job.state == JobState.queued and hit.workers is not workers:
+            if hit.waiting_for != waiting_for(job, workers):
+                continue
+            cache.put((job.id, view), hit._replace(workers=workers))  # still current with these workers
+        bodies[job.id] = hit.body
     rows: Sequence[queue.JobHead] = [job for job in jobs if job.id not in bodies]
     if rows and not complete:
         query = select(JobRow).where(JobRow.id.in_([row.id for row in rows]))
@@ -183,7 +198,7 @@ def serialized(
         assert isinstance(row, JobRow)  # whole, from `complete` or the query above
         resource = to_resource(row, workers, summary=view == "summary")
         body = resource.model_dump_json(by_alias=True).encode()
-        cache.put((row.id, view), (row.updated_at, resource.waiting_for, body))
+        cache.put((row.id, view), KeptBody(row.updated_at, workers, resource.waiting_for, body))
         bodies[row.id] = body
     return [bodies[job.id] for job in jobs if job.id in bodies]  # a job deleted in between: left out
 

@@ -144,3 +144,25 @@ def test_a_replica_reuses_the_online_workers_it_read_until_one_comes_online_thro
         assert elsewhere == ("a worker with CUDA; online: none" if cache_seconds else seen_at_once)
         register(c, "gpu-here", info(80.0))
         assert c.get(f"/v1/jobs/{job['id']}").json()["waiting_for"] is None  # through this replica: at once
+
+
+def test_a_submit_takes_no_connection_for_reads_while_the_replica_keeps_the_online_workers(settings):
+    """No Idempotency-Key and the online workers in memory: a submit takes no connection for its reads, only
+    for its insert (a PostgreSQL checkout is a ping, a round trip). With a key it reads for a replay first. It
+    answers with the kept workers' waiting_for."""
+    from sqlalchemy import event
+
+    settings.worker_list_cache_seconds = 60.0
+    with TestClient(create_app(settings)) as c:
+        checkouts = []
+        event.listen(c.app.state.sessions.kw["bind"].pool, "checkout", lambda *args: checkouts.append(1))
+
+        def taken(headers: dict[str, str] | None = None) -> int:
+            before = len(checkouts)
+            response = c.post("/v1/jobs", json={**AUTO, "device": "cuda"}, headers=headers)
+            assert response.status_code == 202 and response.json()["waiting_for"] == "a worker with CUDA; online: none"
+            return len(checkouts) - before
+
+        reading_workers = taken()
+        assert taken() == reading_workers - 1  # the workers are kept now: no read
+        assert taken({"Idempotency-Key": "k1"}) == reading_workers  # a replay is looked for

@@ -36,11 +36,16 @@ def online_workers(session: Session, settings: Settings, cache: TTLCache[list[Wo
     """The online workers as scheduling sees them (a queued job's waiting_for, the admission check), reused for
     LRBS_WORKER_LIST_CACHE_SECONDS: a fleet changes slowly, and a polled queued job would read them every time.
     A worker that registers or comes back through this replica clears it (`seen` says when)."""
-    found = cache.get(ONLINE)
+    found = kept_online_workers(cache)
     if found is None:
         found = list_workers(session, settings, online_only=True)
         cache.put(ONLINE, found)
     return found
+
+
+def kept_online_workers(cache: TTLCache[list[WorkerOut]]) -> list[WorkerOut] | None:
+    """The online workers this replica read within LRBS_WORKER_LIST_CACHE_SECONDS, if it still keeps them."""
+    return cache.get(ONLINE)
 
 
 ONLINE = "online"

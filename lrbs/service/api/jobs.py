@@ -110,10 +110,14 @@ async def submit_job(
         # Only the insert holds SQLite's one write lock (every writer waits for it): a replay, the online workers and
         # a built-in dataset's size are read before it, and the answer is encoded after it. Two requests with one
         # Idempotency-Key at once: the second insert fails (IntegrityError) and its retry replays the first.
-        with reading(sessions) as session:
-            if idempotency_key and (earlier := idempotency.replay(session, caller, idempotency_key, digest)):
-                return earlier.id, to_resource(earlier).model_dump_json(by_alias=True).encode()
-            online = worker_registry.online_workers(session, settings, request.app.state.online_workers)
+        # With no key and the online workers in memory there is nothing to read: no connection for it.
+        workers = request.app.state.online_workers
+        online = worker_registry.kept_online_workers(workers)
+        if idempotency_key or online is None:
+            with reading(sessions) as session:
+                if idempotency_key and (earlier := idempotency.replay(session, caller, idempotency_key, digest)):
+                    return earlier.id, to_resource(earlier).model_dump_json(by_alias=True).encode()
+                online = worker_registry.online_workers(session, settings, workers)
         largest = worker_registry.largest_memory_gb(online)
         need = None
         if isinstance(spec.dataset, BuiltinDatasetSpec):

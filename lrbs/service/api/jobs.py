@@ -111,13 +111,13 @@ async def submit_job(
         # a built-in dataset's size are read before it, and the answer is encoded after it. Two requests with one
         # Idempotency-Key at once: the second insert fails (IntegrityError) and its retry replays the first.
         # With no key and the online workers in memory there is nothing to read: no connection for it.
-        workers = request.app.state.online_workers
-        online = worker_registry.kept_online_workers(workers)
+        kept_workers = request.app.state.online_workers
+        online = worker_registry.kept_online_workers(kept_workers)
         if idempotency_key or online is None:
             with reading(sessions) as session:
                 if idempotency_key and (earlier := idempotency.replay(session, caller, idempotency_key, digest)):
                     return earlier.id, to_resource(earlier).model_dump_json(by_alias=True).encode()
-                online = worker_registry.online_workers(session, settings, workers)
+                online = worker_registry.online_workers(session, settings, kept_workers)
         largest = worker_registry.largest_memory_gb(online)
         need = None
         if isinstance(spec.dataset, BuiltinDatasetSpec):

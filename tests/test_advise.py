@@ -108,10 +108,16 @@ def test_the_snippet_builds_the_recommended_schedule(schedule):
         assert lrs[-1] < rec.lr / 50  # decayed
 
 
-def test_adam_gets_a_warmup_and_says_why():
-    rec = advise(job(schedule="cosine", optimizer={"name": "adam"}, train_steps=400, lr_range=SWEEP)).recommendation
-    assert rec.warmup_steps == 20 and "adam" in rec.warmup_reason
+def test_adam_gets_a_warmup_on_a_run_that_outlasts_its_moment_estimates_and_says_why():
+    # 2 / (1 - 0.99) = 200 steps: a 400-step run gets 5% of it as a warm-up
+    adam = {"name": "adam", "params": {"betas": [0.9, 0.99]}}
+    rec = advise(job(schedule="cosine", optimizer=adam, train_steps=400, lr_range=SWEEP)).recommendation
+    assert rec.warmup_steps == 20 and "adam" in rec.warmup_reason and "200 steps" in rec.warmup_reason
     assert rec.schedule_params["warmup_steps"] == 20 and "LinearLR" in rec.snippet
+    # at the default beta2 (0.999) the moments take 2,000 steps: the same run is too short for a warm-up to pay
+    short = advise(job(schedule="cosine", optimizer={"name": "adam"}, train_steps=400, lr_range=SWEEP)).recommendation
+    assert short.warmup_steps == 0 and short.schedule_params["warmup_steps"] == 0 and "LinearLR" not in short.snippet
+    assert "shorter than adam's moment estimates take to warm up (2 / (1 - beta2) = 2000 steps)" in short.warmup_reason
     sgd = advise(job(schedule="one_cycle", lr_range=SWEEP)).recommendation
     assert sgd.warmup_steps == 0 and "pct_start" in sgd.warmup_reason
 

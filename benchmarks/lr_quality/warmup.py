@@ -3,8 +3,10 @@
     python -m benchmarks.lr_quality.warmup      # needs the caches of grid.py and run.py; fills cache/warmup.json
 
 lrbs advises a linear warm-up over WARMUP_SHARE of training for Adam and AdamW (their moment estimates are
-poor over the first steps) under every schedule but one_cycle, which ramps up by itself. lr_quality's
-regret tables train without it. Here, for each Adam-family task and for constant and cosine:
+poor over the first steps) under every schedule but one_cycle, which ramps up by itself, on runs at least as long
+as Adam's untuned warm-up (advise.adam_warmup_horizon: 2 / (1 - beta2) steps); shorter runs get none (unless the
+range test spiked). lr_quality's regret tables train without it. Here, for each Adam-family task and for constant
+and cosine, with a warm-up over WARMUP_SHARE of its steps:
 
 - at lrbs's recommended LR (each finder seed's, from run.py's cache), the mean final validation loss over the
   grid's training seeds without the warm-up (run.py's runs) and with it;
@@ -28,7 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 from benchmarks.lr_quality import grid
 from benchmarks.lr_quality.run import FINDER_SEEDS, SUGGESTIONS_FILE, TRAINED_FILE, rounded
 from benchmarks.lr_quality.tasks import TASKS, Task
-from lrbs.worker.advise import WARMUP_OPTIMIZERS, WARMUP_SHARE
+from lrbs.worker.advise import WARMUP_OPTIMIZERS, WARMUP_SHARE, adam_warmup_horizon
 
 WARMUP_FILE = grid.CACHE / "warmup.json"
 SCHEDULES = ("constant", "cosine")
@@ -42,7 +44,12 @@ def warmup_tasks() -> list[Task]:
 
 
 def warmup_steps(task: Task) -> int:
-    return max(1, round(WARMUP_SHARE * task.steps))  # what advise.warmup_advice gives these tasks
+    return max(1, round(WARMUP_SHARE * task.steps))  # what advise.warmup_advice gives a long enough run
+
+
+def advised(task: Task) -> bool:
+    """Whether advise.warmup_advice gives this task's run a warm-up for its optimizer (range-test spikes aside)."""
+    return task.steps >= adam_warmup_horizon(task.spec["optimizer"].get("params", {}))
 
 
 def key(run: Run) -> str:
@@ -107,10 +114,11 @@ def main() -> None:
     )
     columns = ["task", "schedule", "warm-up steps", "best grid LR: without / with warm-up",
                "best grid loss: without / with", "recommended LR (per finder seed)",
-               "regret without warm-up (per finder seed)", "regret with the advised warm-up", "verdict"]  # fmt: skip
+               "regret without warm-up (per finder seed)", "regret with the warm-up", "verdict",
+               "lrbs advises"]  # fmt: skip
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
-    changes = []
+    changes, rule, everywhere = [], [], []
     for task, schedule, recommended, near in rows:
         w = warmup_steps(task)
         untrained = grid.mean_loss(plain, task.name, "untrained", 0.0)
@@ -126,6 +134,8 @@ def main() -> None:
         without = [regret(grid.mean_loss(plain, task.name, schedule, lr)) if lr else math.inf for lr in recommended]
         with_ = [regret(mean_warm(task.name, schedule, lr, w)) if lr else math.inf for lr in recommended]
         changes += [b - a for a, b in zip(without, with_, strict=True) if math.isfinite(a) and math.isfinite(b)]
+        rule += with_ if advised(task) else without
+        everywhere += with_
         better = sum(b < a for a, b in zip(without, with_, strict=True))
         verdict = (
             "warm-up helps"
@@ -137,13 +147,19 @@ def main() -> None:
         print(
             f"| {task.name} | {schedule} | {w} | {best_plain_lr:g} / {best_warm_lr:g} | {best_plain:.4f} / "
             f"{best_warm:.4f} | {', '.join(f'{lr:.3g}' for lr in recommended if lr)} | {_pcts(without)} "
-            f"| {_pcts(with_)} | {verdict} |"
+            f"| {_pcts(with_)} | {verdict} | {f'{w} steps' if advised(task) else 'none: a short run'} |"
         )
     print(
         f"\nregret with the warm-up minus without, over {len(changes)} samples: median "
         f"{100 * statistics.median(changes):+.1f} points, mean {100 * statistics.mean(changes):+.1f}, "
         f"best {100 * min(changes):+.1f}, worst {100 * max(changes):+.1f}"
     )
+    for name, regrets in (("lrbs's advice", rule), ("the warm-up on every run", everywhere)):
+        finite = [r for r in regrets if math.isfinite(r)]
+        print(
+            f"regret with {name}: median {100 * statistics.median(finite):.1f}%, "
+            f"mean {100 * statistics.mean(finite):.1f}%, worst {100 * max(regrets):.1f}%"
+        )
     print(f"(total {time.perf_counter() - started:.0f} s)")
 
 

@@ -75,6 +75,7 @@ def test_a_growing_noise_scale_gives_growing_stages_that_save_steps_without_cost
     assert plan.schedule.samples <= plan.fixed.samples and plan.schedule.time_s <= plan.fixed.time_s
     assert plan.fixed.steps == pytest.approx(1000)  # the comparison is for the job's train_steps
     assert "save" in plan.reason and "→" in plan.reason
+    assert plan.step_saving <= plan.bound  # candidates and the time limit only lose against any batch size
 
 
 def test_a_flat_noise_scale_is_declined():
@@ -104,6 +105,8 @@ def test_a_small_predicted_saving_is_declined_with_its_figure():
     assert plan.stages == []
     assert plan.step_saving is not None and plan.step_saving < bs.MIN_STEP_SAVING
     assert f"saves only {plan.step_saving:.0%}" in plan.reason
+    assert plan.step_saving <= plan.bound < 2 * bs.MIN_STEP_SAVING  # a plateau early leaves little to any schedule
+    assert f"could save at most {plan.bound:.0%}" in plan.reason
 
 
 def test_the_model_arithmetic():
@@ -124,6 +127,19 @@ def test_the_model_arithmetic():
     assert short.sum() == pytest.approx(20)
     plan = bs.Plan([], "", schedule=bs.Totals(600, 1, 3.0), fixed=bs.Totals(1000, 1, 4.0))
     assert plan.step_saving == pytest.approx(0.4) and plan.time_saving == pytest.approx(0.25)
+
+
+def test_the_saving_bound_is_the_variance_of_the_root_noise_scale():
+    # Half the progress at B_noise 1, half at 100; fixed batch 10: mean 50.5, mean root 5.5, variance 20.25
+    d_tau, noise = np.array([5.0, 5.0]), np.array([1.0, 100.0])
+    assert bs.saving_bound(d_tau, noise, 10) == pytest.approx(20.25 / 60.5)
+    # and that is what B ∝ √B_noise saves at the fixed batch's samples
+    fixed = bs.totals(d_tau, noise, np.array([10.0, 10.0]), None)
+    c = fixed.samples - float(d_tau @ noise)  # the samples left for the batch itself: c·Σ dτ·√B_noise of them
+    best = bs.totals(d_tau, noise, c / float(d_tau @ np.sqrt(noise)) * np.sqrt(noise), None)
+    assert best.samples == pytest.approx(fixed.samples)
+    assert 1 - best.steps / fixed.steps == pytest.approx(bs.saving_bound(d_tau, noise, 10))
+    assert bs.saving_bound(np.array([1.0, 3.0]), np.array([7.0, 7.0]), 10) == 0  # a flat noise scale: nothing
 
 
 def test_isotonic_fit_pools_dips():

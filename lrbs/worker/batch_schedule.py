@@ -12,6 +12,11 @@ with t(B) the measured time of one optimizer step at B. A fixed batch is never t
 samples when B_noise changes: minimising S for a given E pointwise (a Lagrange multiplier λ) gives
 B(τ) = argmin_B B_noise(τ)/B + λ·B, which grows with B_noise (∝ √B_noise over a continuum of batches).
 
+Over a continuum of batch sizes, at the samples of a fixed batch B, the best schedule (B ∝ √B_noise) saves
+T·Var(√B_noise)/B of the fixed batch's S = T·(1 + mean(B_noise)/B) steps, with means and variance over the
+progress τ (T = ∫dτ): a share Var(√B_noise)/(B + mean(B_noise)) (`saving_bound`). It is large only when B_noise
+spans orders of magnitude over the progress the run makes; a noise scale that levels off early leaves little.
+
 `plan` compares such a schedule with the fixed batch the advice chose, over the same progress as the job's
 `train_steps` at that fixed batch: the schedule with the fewest steps that uses no more samples and no more
 predicted wall time than the fixed batch. It declines (returns no stages, with a reason) when the trajectory
@@ -62,6 +67,7 @@ class Plan:
     reason: str
     schedule: Totals | None = None
     fixed: Totals | None = None
+    bound: float | None = None  # saving_bound: the most any schedule could save, with batches of any size
 
     @property
     def step_saving(self) -> float | None:
@@ -135,6 +141,15 @@ def totals(d_tau: np.ndarray, noise: np.ndarray, batch: np.ndarray, step_time: d
     return Totals(float(steps.sum()), float((d_tau * (batch + noise)).sum()), time)
 
 
+def saving_bound(d_tau: np.ndarray, noise: np.ndarray, batch: float) -> float:
+    """The share of a fixed batch's steps the best schedule saves at its samples with batches of any size
+    (B ∝ √B_noise): Var(√B_noise) / (batch + mean B_noise) over the progress. Candidates, the merging of short
+    stages and a wall-time limit can only make the saving smaller."""
+    w = d_tau / d_tau.sum()
+    mean, mean_root = float(w @ noise), float(w @ np.sqrt(noise))
+    return max(0.0, mean - mean_root**2) / (batch + mean)
+
+
 def _for_lambda(noise: np.ndarray, sizes: np.ndarray, lam: float) -> np.ndarray:
     cost = noise[:, None] / sizes[None, :] + lam * sizes[None, :]
     return sizes[np.argmin(cost, axis=1)]
@@ -199,6 +214,8 @@ def plan(
     times = step_time if step_time and all(step_time.get(int(b)) for b in sizes) else None
     d_tau, noise = horizon(*cells(steps, noise_fit, probe_batch), fixed_batch, train_steps)
     fixed = totals(d_tau, noise, np.full(len(noise), float(fixed_batch)), times)
+    bound = saving_bound(d_tau, noise, fixed_batch)
+    at_most = f"; with batches of any size a schedule could save at most {bound:.0%} here"
 
     best: tuple[Totals, np.ndarray] | None = None
     lo, hi = noise.min() / sizes.max() ** 2 / 10, noise.max() / sizes.min() ** 2 * 10
@@ -212,15 +229,16 @@ def plan(
             best = (t, batch)
     if best is None or best[0].steps >= fixed.steps * (1 - 1e-9):
         return Plan([], f"no schedule over these batch sizes beats the fixed batch {fixed_batch} in steps without "
-                    "more samples or time", fixed=fixed)  # fmt: skip
+                    f"more samples or time{at_most}", fixed=fixed, bound=bound)  # fmt: skip
     schedule, batch = best
     stages = stages_of(batch, d_tau, noise)
-    found = Plan(stages, "", schedule, fixed)
+    found = Plan(stages, "", schedule, fixed, bound)
     saving = found.step_saving or 0.0
     grew = f"the noise scale grows from {noise_fit[0]:.3g} to {noise_fit[-1]:.3g} over {steps[-1]} steps"
     if len(stages) < 2 or saving < min_saving:
         return Plan([], f"{grew}, but the best schedule saves only {saving:.0%} of the optimizer steps against "
-                    f"the fixed batch {fixed_batch} (advised from {min_saving:.0%})", schedule, fixed)  # fmt: skip
+                    f"the fixed batch {fixed_batch} (advised from {min_saving:.0%}){at_most}", schedule, fixed,
+                    bound)  # fmt: skip
     path = " → ".join(str(s.batch) for s in stages)
     time = f" and {found.time_saving:.0%} of the wall time" if found.time_saving is not None else ""
     reason = (
@@ -228,7 +246,7 @@ def plan(
         f"{time} against the fixed batch {fixed_batch}, with no more samples (McCandlish et al.'s model "
         "S = S_min(1 + B_noise/B), piecewise along the measured trajectory)"
     )
-    return Plan(stages, reason, schedule, fixed)
+    return Plan(stages, reason, schedule, fixed, bound)
 
 
 def snippet(stages: Sequence[tuple[int, int, float | None, int]], total_steps: int) -> str:

@@ -102,7 +102,7 @@ OWN_TASKS = [
             "optimizer": {"name": "adamw", "params": {"weight_decay": 0.01}},
         },
         batch_size=16,
-        steps=1000,
+        steps=2000,  # the job's train_steps: 2,000 steps of the fixed batch lrbs chose (16) are the 32k samples
     ),
 ]
 TASKS = {t.name: t for t in [*LR_TASKS, *OWN_TASKS] if t.name in SETUPS}
@@ -423,9 +423,19 @@ def main() -> None:
         if advice["schedule"]:
             verdict = "goal met" if _beats(sched, bar, ok_loss) else "goal not met"
         else:
-            paid = [lbl for lbl, x in (("the planner's best", sched), ("B ≈ B_noise", follow))
-                    if _beats(x, bar, ok_loss, bs.MIN_STEP_SAVING)]  # fmt: skip
-            verdict = "declined rightly: no warm-up paid" if not paid else f"declined, but {' and '.join(paid)} paid"
+            paid = [(lbl, x) for lbl, x in (("the planner's best", sched), ("B ≈ B_noise", follow))
+                    if x is not None and _beats(x, bar, ok_loss, bs.MIN_STEP_SAVING)]  # fmt: skip
+            # lrbs plans for fewer steps with no more samples: say what a warm-up that paid in steps spent
+            verdict = (
+                "declined rightly: no warm-up paid"
+                if not paid
+                else "declined, but "
+                + " and ".join(
+                    f"{lbl} took {1 - x.steps / bar:.0%} fewer steps than fixed {fewest}, with "
+                    f"{x.samples / good[fewest].samples - 1:+.0%} samples"
+                    for lbl, x in paid
+                )
+            )
         trajectory = ", ".join(f"{p['step']}: {_f(p['b_noise'], '.0f')}" for p in advice["trajectory"])
         print(
             f"| {name} | {trajectory} | {_f(model_bound(name, advice), '.0%')} | {_advice_text(advice)} "

@@ -90,6 +90,19 @@ def test_time_to_target_trades_throughput_against_the_noise_scale():
     assert min(no_noise, key=no_noise.get) == 1024
 
 
+def test_each_batch_costs_steps_or_samples_by_the_noise_scale():
+    from lrbs.worker.batch_advice import relative_costs, steps_and_samples
+
+    # B_noise 40 (the character-level LM of benchmarks/batch_size/warmup.py): 32 against 16 takes 0.64x the
+    # steps for 1.29x the samples
+    chosen = steps_and_samples(16, 40.0)
+    costs = relative_costs(steps_and_samples(32, 40.0), chosen)
+    assert costs["relative_steps_to_target"] == pytest.approx(2.25 / 3.5)
+    assert costs["relative_samples_to_target"] == pytest.approx(72 / 56)
+    assert relative_costs(chosen, chosen) == {"relative_steps_to_target": 1.0, "relative_samples_to_target": 1.0}
+    assert relative_costs(steps_and_samples(32, None), steps_and_samples(16, None))["relative_steps_to_target"] is None
+
+
 def job(**parts) -> JobSpec:
     return JobSpec.model_validate(
         {
@@ -125,10 +138,17 @@ def test_batch_size_advice_end_to_end_in_process():
 
 def test_without_a_target_the_noise_scale_decides():
     advice = advise(job(batch_sizes=[16, 64], lr_scaling="linear")).batch_advice
+    small, large = advice.candidates
     if advice.noise_scale.b_noise is not None:  # the reason names what decided: the noise scale, else throughput
         assert "reaches a target loss soonest" in advice.reason and "B_noise" in advice.reason
+        chosen = small if advice.batch_size == 16 else large
+        assert chosen.relative_steps_to_target == chosen.relative_samples_to_target == 1.0
+        # the larger batch takes fewer steps and more samples to the same loss
+        assert large.relative_steps_to_target < small.relative_steps_to_target
+        assert large.relative_samples_to_target > small.relative_samples_to_target
     else:
         assert "highest throughput" in advice.reason
+        assert small.relative_steps_to_target is None and large.relative_samples_to_target is None
 
 
 def test_a_fixed_effective_batch_prefers_the_fastest_divisor_and_weighs_the_target_against_the_noise():

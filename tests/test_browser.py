@@ -116,6 +116,13 @@ def test_submit_follow_and_read_a_job_in_the_dashboard(browser, tmp_path):
         expect(page.locator("#batch-facts")).to_contain_text("Noise scale along training")
         if advice["batch_schedule"] is None:  # declined: the reason is shown instead
             expect(page.locator("#batch-facts")).to_contain_text(advice["batch_schedule_reason"])
+        # each candidate's time, steps and samples to a target, relative: the chosen batch takes 1× of each
+        chosen = page.locator("#candidate-rows tr.chosen td")
+        expect(page.locator("#candidate-rows tr")).to_have_count(len(advice["candidates"]))
+        expect(chosen).to_have_count(8)
+        if advice["noise_scale"]["b_noise"] is not None:
+            for column in (6, 7):
+                expect(chosen.nth(column)).to_have_text("1×")
         for kind in ("lr_range", "batch_size"):
             page.wait_for_function(
                 "kind => { const img = document.querySelector(`#plot-${kind} img`);"

@@ -92,6 +92,16 @@ class BatchCandidate(Model):
     relative_time_to_target: float | None = Field(
         None, description="Predicted wall time to reach a target loss, relative to the best candidate (1.0)."
     )
+    relative_steps_to_target: float | None = Field(
+        None,
+        description="Predicted optimizer steps to a target loss, relative to the chosen batch (1.0): "
+        "S ∝ 1 + B_noise/B with B the global batch (null: no noise scale).",
+    )
+    relative_samples_to_target: float | None = Field(
+        None,
+        description="Predicted training samples to a target loss, relative to the chosen batch (1.0): "
+        "E ∝ B + B_noise (null: no noise scale).",
+    )
     val_loss: float | None = Field(
         None,
         description="generalization_check: validation loss after the equal-epoch "

@@ -85,12 +85,14 @@ def advise_batch_size(job: JobContext, base_lr: float | None, headroom: float = 
         val_losses = {b: equal_epoch_loss(job, b, lrs[b], epochs) for b in times}
         chosen, weighed = weigh_generalization(chosen, times, val_losses)
 
+    costs = {b: steps_and_samples(b * accumulations[b] * world, b_noise) for b in speeds}
     candidates = [
         BatchCandidate(
             batch_size=p.batch_size, fits=fits[p.batch_size],
             peak_memory_mb=p.peak_bytes / MB if p.peak_bytes is not None else None,
             step_time_s=p.step_time_s, samples_per_s=p.samples_per_s, lr=lrs.get(p.batch_size),
             relative_time_to_target=times[p.batch_size] / best_time if p.batch_size in times else None,
+            **relative_costs(costs.get(p.batch_size), costs[chosen]),
             val_loss=val_losses.get(p.batch_size), fleet_samples_per_s=speeds.get(p.batch_size),
             note=p.note or (None if fits[p.batch_size] else f"over {1 - headroom:.0%} of the memory budget"),
         )
@@ -220,14 +222,28 @@ def weigh_generalization(chosen: int, times: dict[int, float], val_losses: dict[
     )
 
 
+def steps_and_samples(global_batch: int, b_noise: float | None) -> tuple[float, float] | None:
+    """McCandlish et al.'s S/S_min = 1 + B_noise/B and E/E_min·B_noise = B + B_noise: what a global batch costs in
+    optimizer steps and in samples to a target loss, up to the task's constants (None: no noise scale)."""
+    if b_noise is None:
+        return None
+    return 1 + b_noise / global_batch, global_batch + b_noise
+
+
+def relative_costs(cost: tuple[float, float] | None, chosen: tuple[float, float] | None) -> dict[str, float | None]:
+    """A candidate's steps and samples to a target, relative to the chosen batch's."""
+    if cost is None or chosen is None:
+        return {"relative_steps_to_target": None, "relative_samples_to_target": None}
+    return {"relative_steps_to_target": cost[0] / chosen[0], "relative_samples_to_target": cost[1] / chosen[1]}
+
+
 def time_to_target(batch: int, samples_per_s: float | None, b_noise: float | None) -> float:
     """∝ (B + B_noise) / throughput. Without a noise scale (unmeasured, or a gradient that is all noise) every
     batch is taken to need the same number of samples, so time ∝ 1 / throughput."""
     if not samples_per_s:
         return math.inf
-    if b_noise is None:
-        return 1.0 / samples_per_s
-    return (batch + b_noise) / samples_per_s
+    cost = steps_and_samples(batch, b_noise)
+    return (1.0 if cost is None else cost[1]) / samples_per_s
 
 
 def _largest(

@@ -389,10 +389,9 @@
               el("td", { className: "num mono", textContent: fmtNum(c.peak_memory_mb) }),
               el("td", { className: "num mono", textContent: fmtNum(c.samples_per_s) }),
               el("td", { className: "num mono", textContent: fmtLr(c.lr) }),
-              el("td", {
-                className: "num mono",
-                textContent: c.relative_time_to_target == null ? "–" : `${fmtNum(c.relative_time_to_target)}×`,
-              }),
+              ...[c.relative_time_to_target, c.relative_steps_to_target, c.relative_samples_to_target].map((x) =>
+                el("td", { className: "num mono", textContent: x == null ? "–" : `${fmtNum(x)}×` }),
+              ),
             ),
           ),
         );

@@ -223,8 +223,9 @@ def weigh_generalization(chosen: int, times: dict[int, float], val_losses: dict[
 
 
 def steps_and_samples(global_batch: int, b_noise: float | None) -> tuple[float, float] | None:
-    """McCandlish et al.'s S/S_min = 1 + B_noise/B and E/E_min·B_noise = B + B_noise: what a global batch costs in
-    optimizer steps and in samples to a target loss, up to the task's constants (None: no noise scale)."""
+    """McCandlish et al.'s S = S_min·(1 + B_noise/B) and E = E_min·(1 + B/B_noise) ∝ B + B_noise: what a global
+    batch costs in optimizer steps and in samples to a target loss, up to the task's constants (None: no noise
+    scale)."""
     if b_noise is None:
         return None
     return 1 + b_noise / global_batch, global_batch + b_noise

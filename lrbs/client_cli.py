@@ -20,6 +20,7 @@ import httpx
 
 from lrbs.client import Client, JobCancelled, JobFailed, LrbsError
 from lrbs.contract.resources import Job, Progress
+from lrbs.contract.results import BatchCandidate
 
 OK, JOB_ENDED_BADLY, BAD_INPUT, UNREACHABLE = 0, 1, 2, 3
 
@@ -75,6 +76,7 @@ def describe(job: Job) -> str:
             advice = job.result.batch_advice
             lines.append(f"  batch size {advice.batch_size} (lr {advice.lr:.4g})" if advice.lr else
                          f"  batch size {advice.batch_size}")  # fmt: skip
+            lines += candidate_table(advice.candidates, advice.batch_size)
             dp = advice.data_parallel
             if dp is not None and dp.world_size > 1:
                 lr = f", lr {dp.global_lr:.4g}" if dp.global_lr is not None else ""
@@ -87,6 +89,25 @@ def describe(job: Job) -> str:
     if job.error is not None:
         lines.append(f"  error ({job.error.kind}): {job.error.message}")
     return "\n".join(lines)
+
+
+def candidate_table(candidates: list[BatchCandidate], chosen: int) -> list[str]:
+    """The batch candidates side by side: memory, speed, LR, and time, steps and samples to a target relative to
+    the chosen batch (marked *)."""
+
+    def cell(x: float | None, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
+
+    rows = [("batch", "fits", "peak MiB", "samples/s", "lr", "time×", "steps×", "samples×")]
+    for c in candidates:
+        rows.append((
+            f"{'*' if c.batch_size == chosen else ''}{c.batch_size}", "yes" if c.fits else "no",
+            cell(c.peak_memory_mb, ".0f"), cell(c.samples_per_s, ".0f"), cell(c.lr, ".3g"),
+            cell(c.relative_time_to_target, ".2f"), cell(c.relative_steps_to_target, ".2f"),
+            cell(c.relative_samples_to_target, ".2f"),
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["    " + "  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
 
 
 def show(job: Job, as_json: bool) -> None:

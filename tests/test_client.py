@@ -159,3 +159,22 @@ def test_names_labels_and_the_summary_view(client, sessions):
         if job["result"]:
             job["result"].update(curve=None, sweep_curves=None)
     assert client.get("/v1/jobs", params={"view": "summary"}).json() == every
+
+
+def test_the_cli_shows_each_batch_candidates_time_steps_and_samples():
+    from lrbs.client_cli import candidate_table
+    from lrbs.contract.results import BatchCandidate
+
+    candidates = [
+        BatchCandidate(batch_size=16, fits=True, samples_per_s=2166.2, lr=0.00223, relative_time_to_target=1.0,
+                       relative_steps_to_target=1.0, relative_samples_to_target=1.0),
+        BatchCandidate(batch_size=32, fits=True, samples_per_s=2456.4, lr=0.00315, relative_time_to_target=1.135,
+                       relative_steps_to_target=0.643, relative_samples_to_target=1.286),
+        BatchCandidate(batch_size=4096, fits=False, note="over 90% of the memory budget"),
+    ]  # fmt: skip
+    header, sixteen, thirty_two, too_big = candidate_table(candidates, chosen=16)
+    assert header.split() == ["batch", "fits", "peak", "MiB", "samples/s", "lr", "time×", "steps×", "samples×"]
+    assert sixteen.split() == ["*16", "yes", "-", "2166", "0.00223", "1.00", "1.00", "1.00"]
+    assert thirty_two.split() == ["32", "yes", "-", "2456", "0.00315", "1.14", "0.64", "1.29"]
+    assert too_big.split() == ["4096", "no", "-", "-", "-", "-", "-", "-"]
+    assert len({len(line) for line in (header, sixteen, thirty_two, too_big)}) == 1  # aligned columns

@@ -95,6 +95,10 @@ class TrainingStep:
         self.autocast = self.settings.autocast(self.device)
         # Only fp16 needs loss scaling; a disabled GradScaler would still cost three calls a step.
         self.scaler = torch.amp.GradScaler(self.device.type) if self.settings.precision == "fp16" else None
+        # The last micro-batch's loss with its graph (its saved tensors already freed by backward), kept until the
+        # next step's replaces it, as a plain loop's `loss` variable is. Freeing the graph on return instead, before
+        # the next step's allocations, cost the MLP of benchmarks/range_overhead.py 4-6 µs a step on a CPU.
+        self._last_loss: Tensor | None = None
 
     def __call__(self, batches: Iterator[tuple[Tensor, Tensor]]) -> Tensor:
         accum, settings, scaler = self.settings.grad_accumulation_steps, self.settings, self.scaler
@@ -107,6 +111,7 @@ class TrainingStep:
             losses.append(loss.detach())  # stays on the device: no host sync here
             loss = loss / accum if accum > 1 else loss  # skip a no-op divide and its backward
             (loss if scaler is None else scaler.scale(loss)).backward()
+            self._last_loss = loss
         if settings.grad_clip_norm is not None:
             if scaler is not None:
                 scaler.unscale_(self.optimizer)

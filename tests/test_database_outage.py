@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from lrbs.service import db
 from lrbs.service.app import create_app
 from lrbs.service.settings import Settings
-from tests.conftest import MINIMAL_SPEC, WORKER_TOKEN
+from tests.conftest import MINIMAL_SPEC, PG_URL, REQUIRE_PG, WORKER_TOKEN, postgres_error
 
 PROBLEM = "application/problem+json"
 
@@ -56,3 +59,38 @@ def test_an_unreachable_postgresql_gives_503_then_recovers(settings):
             client.app.state.sessions = working
             gone.dispose()
         assert client.get(f"/v1/jobs/{job_id}").status_code == 200
+
+
+def _backend_pid(engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+
+def _terminate(pid: int) -> None:
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    admin.dispose()
+
+
+def test_a_postgresql_connection_dropped_while_idle_is_replaced_before_use(monkeypatch):
+    """A pooled connection idle longer than PING_AFTER_IDLE_SECONDS is pinged before use: one the server dropped
+    (a restart, an idle timeout) is replaced without failing the request. One used moments ago is not pinged (no
+    round trip per request under load): if it was dropped, that one use fails, and the pool replaces it."""
+    if error := postgres_error():
+        pytest.fail(error) if REQUIRE_PG else pytest.skip(error)
+    engine = db.make_engine(PG_URL)
+    try:
+        first = _backend_pid(engine)
+        _terminate(first)
+        monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.0)  # every pooled connection counts as idle
+        second = _backend_pid(engine)
+        assert second != first  # pinged, found dead, replaced: the caller saw nothing
+
+        _terminate(second)
+        monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 3600.0)  # used moments ago: no ping
+        with pytest.raises(OperationalError):
+            _backend_pid(engine)
+        assert _backend_pid(engine) not in (first, second)  # the failure replaced it
+    finally:
+        engine.dispose()

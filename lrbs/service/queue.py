@@ -76,14 +76,6 @@ def submit(
     owner_key_id: str | None = None,
     requirements: Requirements | None = None,
 ) -> JobRow:
-    if owner_key_id is not None:
-        most = settings.max_active_jobs_per_key
-        if (session.connection().scalar(_ACTIVE_JOBS_OF_KEY, {"owner": owner_key_id, "most": most}) or 0) >= most:
-            raise TooManyRequests(
-                f"this key has {most} queued or running jobs, the most this service allows "
-                f"(setting LRBS_MAX_ACTIVE_JOBS_PER_KEY); wait for some to end",
-                retry_after=RETRY_AFTER_SECONDS,
-            )
     now = utcnow()
     values = dict(
         id=new_job_id(),
@@ -103,7 +95,16 @@ def submit(
     # Core inserts on the tables (neither the ORM's unit of work nor its bulk path: together a third of a submit's
     # CPU, spent holding SQLite's write lock). The row returned is not in the session.
     connection = session.connection()
-    connection.execute(_INSERT_JOB, values)
+    if owner_key_id is None:
+        connection.execute(_INSERT_JOB, values)
+    else:  # one statement: the key's count and the insert, which inserts nothing at the limit
+        most = settings.max_active_jobs_per_key
+        if rowcount(connection.execute(_INSERT_JOB_UNDER_LIMIT, {**values, "owner": owner_key_id, "most": most})) == 0:
+            raise TooManyRequests(
+                f"this key has {most} queued or running jobs, the most this service allows "
+                f"(setting LRBS_MAX_ACTIVE_JOBS_PER_KEY); wait for some to end",
+                retry_after=RETRY_AFTER_SECONDS,
+            )
     if spec.labels:
         connection.execute(
             _INSERT_LABEL, [{"job_id": values["id"], "key": k, "value": v} for k, v in spec.labels.items()]
@@ -125,6 +126,16 @@ _ACTIVE_JOBS_OF_KEY = select(func.count()).select_from(
     .subquery()
 )
 _INSERT_JOB = insert(typing.cast(Table, JobRow.__table__))
+# A key's submit counts its active jobs and inserts in one statement (INSERT ... SELECT <the values> WHERE
+# count < most): one round trip fewer than a count, then an insert. The columns are the ones `submit` sets.
+_SUBMIT_COLUMNS = ("id", "state", "spec", "progress", "created_at", "updated_at", "attempts", "heartbeats",
+                   "max_attempts", "cancel_requested", "dataset_id", "owner_key_id", "requirements")  # fmt: skip
+_INSERT_JOB_UNDER_LIMIT = _INSERT_JOB.from_select(
+    _SUBMIT_COLUMNS,
+    select(*(bindparam(name, type_=JobRow.__table__.c[name].type) for name in _SUBMIT_COLUMNS)).where(
+        _ACTIVE_JOBS_OF_KEY.scalar_subquery() < bindparam("most", type_=Integer)
+    ),
+).execution_options(preserve_rowcount=True)  # SQLAlchemy reads an INSERT's rowcount only when asked (else -1)
 _INSERT_LABEL = insert(typing.cast(Table, JobLabelRow.__table__))
 
 

@@ -13,6 +13,7 @@ from lrbs.service import queue
 from lrbs.service.db import transaction
 from lrbs.service.errors import Conflict, LeaseLost, TooManyRequests
 from lrbs.service.settings import Settings
+from lrbs.service.tables import JobRow
 from tests.conftest import MINIMAL_SPEC
 
 SPEC = JobSpec.model_validate(MINIMAL_SPEC)
@@ -274,3 +275,17 @@ def test_a_submit_counts_its_keys_active_jobs_up_to_the_limit_from_an_index(sess
             sql = count.compile(session.bind, compile_kwargs={"literal_binds": True})
             plan = session.execute(text(f"EXPLAIN QUERY PLAN {sql}")).all()
             assert any("COVERING INDEX ix_jobs_owner_state" in row[-1] for row in plan), plan
+
+
+def test_a_keys_submit_stores_every_column_the_open_submit_does(sessions, settings):
+    """A key's submit inserts through INSERT ... SELECT over a fixed list of columns: the row it stores must hold
+    every value the plain insert stores (a column left off that list would come back empty)."""
+    columns = [column.key for column in JobRow.__table__.columns]
+    with transaction(sessions) as session:
+        open_job = queue.submit(session, SPEC, settings, dataset_id=None)
+        keyed_job = queue.submit(session, SPEC, settings, owner_key_id="team-a")
+    with transaction(sessions) as session:
+        for made in (open_job, keyed_job):
+            stored = session.get(JobRow, made.id)
+            assert stored is not None
+            assert {c: getattr(stored, c) for c in columns} == {c: getattr(made, c, None) for c in columns}

@@ -35,18 +35,23 @@ def postgres_error() -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    """A URL to an empty database, once for SQLite and once for PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/lrbs.db"
-        return
+def require_postgres() -> None:
+    """Skip the calling test when PostgreSQL is unreachable; fail it instead where it is required (CI)."""
     error = postgres_error()
     if error:
         message = f"PostgreSQL at {PG_URL} is unreachable: {error}"
         if REQUIRE_PG:
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A URL to an empty database, once for SQLite and once for PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/lrbs.db"
+        return
+    require_postgres()
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_URL)
     with admin.begin() as conn:

@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 from lrbs.service import db
 from lrbs.service.app import create_app
 from lrbs.service.settings import Settings
-from tests.conftest import MINIMAL_SPEC, PG_URL, REQUIRE_PG, WORKER_TOKEN, postgres_error
+from tests.conftest import MINIMAL_SPEC, PG_URL, WORKER_TOKEN, require_postgres
 
 PROBLEM = "application/problem+json"
 
@@ -77,8 +77,7 @@ def test_a_postgresql_connection_dropped_while_idle_is_replaced_before_use(monke
     """A pooled connection idle longer than PING_AFTER_IDLE_SECONDS is pinged before use: one the server dropped
     (a restart, an idle timeout) is replaced without failing the request. One used moments ago is not pinged (no
     round trip per request under load): if it was dropped, that one use fails, and the pool replaces it."""
-    if error := postgres_error():
-        pytest.fail(error) if REQUIRE_PG else pytest.skip(error)
+    require_postgres()
     engine = db.make_engine(PG_URL)
     try:
         first = _backend_pid(engine)

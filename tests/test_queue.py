@@ -282,7 +282,7 @@ def test_a_keys_submit_stores_every_column_the_open_submit_does(sessions, settin
     every value the plain insert stores (a column left off that list would come back empty)."""
     columns = [column.key for column in JobRow.__table__.columns]
     with transaction(sessions) as session:
-        open_job = queue.submit(session, SPEC, settings, dataset_id=None)
+        open_job = queue.submit(session, SPEC, settings)
         keyed_job = queue.submit(session, SPEC, settings, owner_key_id="team-a")
     with transaction(sessions) as session:
         for made in (open_job, keyed_job):

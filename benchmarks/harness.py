@@ -60,6 +60,15 @@ def describe_source() -> str:
     return f"lrbs from {SOURCE} at {commit.stdout.strip()}" + (" with uncommitted changes in lrbs/" if dirty else "")
 
 
+AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
+
+
+def autogroup_setting() -> str:
+    """Whether the kernel groups tasks by session for CPU time (see benchmarks/scheduling_stall.py): on, off or
+    n/a. It decides whether PostgreSQL is starved for seconds while the replicas saturate the cores."""
+    return {"1": "on", "0": "off"}.get(AUTOGROUP.read_text().strip(), "?") if AUTOGROUP.exists() else "n/a"
+
+
 def loadavg() -> str:
     """The 1, 5 and 15 minute load averages, as 'a / b / c'."""
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())

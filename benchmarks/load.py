@@ -298,6 +298,7 @@ def main() -> None:
     print(
         f"\n{len(cells)} cells, {args.duration} s each, {args.connections} connections, wrk -t1 ({wrk_version}); "
         f"{os.cpu_count()} CPUs; {harness.describe_source()}; API key: {'no' if args.no_key else 'yes'}; "
+        f"scheduler autogroups: {harness.autogroup_setting()} (benchmarks/scheduling_stall.py); "
         f"load average (1/5/15 min) at start {started}, at end {harness.loadavg()}\n"
     )
     rows = [

@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks import harness
 
-SCRIPTS = ["load", "claim_latency", "fleet", "memory", "healthz_first_submit"]
+SCRIPTS = ["load", "claim_latency", "fleet", "memory", "healthz_first_submit", "scheduling_stall"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -52,3 +52,33 @@ def test_load_tiny_run():
     done = subprocess.run(run, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| POST /v1/jobs | sqlite | 1 |" in done.stdout
+
+
+def test_scheduling_stall_reads_perfs_timehist():
+    from benchmarks.scheduling_stall import longest_delays
+
+    timehist = """\
+           time    cpu  task name                       wait time  sch delay   run time
+                        [tid/pid]                          (msec)     (msec)     (msec)
+--------------- ------  ------------------------------  ---------  ---------  ---------
+    1678.048126 [0000]  rcu_preempt[15]                     3.001   1110.574      0.010
+    1678.061976 [0000]  postgres[12142]                  1527.608   1522.413      0.057
+    1678.062161 [0000]  postgres[12094]                     1.000    900.246      0.020
+    1678.070000 [0001]  lrbs[12120/12089]                   0.100   5000.000      0.300
+    1678.080000 [0001]  kworker/u8:1-fl[35]                 0.100    120.977      0.030
+"""
+    assert longest_delays(timehist) == (1522.413, 1110.574)  # lrbs's own delays are not the database's
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_scheduling_stall_tiny_run():
+    from tests.conftest import require_postgres
+
+    require_postgres()
+    run = [sys.executable, "-m", "benchmarks.scheduling_stall", "--rounds", "1", "--duration", "1"]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| 1 |"))
+    assert row.endswith("| — | — |")  # no perf asked for
+    assert "rounds with a p99 over 100 ms" in done.stdout

@@ -11,6 +11,7 @@ import pytest
 from benchmarks import harness
 
 SCRIPTS = ["load", "claim_latency", "fleet", "memory", "healthz_first_submit", "scheduling_stall"]
+SCRIPTS += ["lr_quality.long_warmup"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

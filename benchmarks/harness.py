@@ -197,11 +197,17 @@ class Service:
 
 
 @contextmanager
-def service(url: str, folder: Path, replicas: int = 1, key: str | None = None, **settings: str) -> Iterator[Service]:
+def service(
+    url: str, folder: Path, replicas: int = 1, key: str | None = None, own_sessions: bool = True, **settings: str
+) -> Iterator[Service]:
     """The service with no embedded worker: `replicas` processes of `lrbs serve --workers 0` (what the README
     deploys), each on a free port of its own, all on the same database, as replicas behind a load balancer
     would run. (uvicorn --workers N on one port is not used: with keep-alive connections opened at once, the
-    kernel gave all of them to one process, so the second stayed idle.)"""
+    kernel gave all of them to one process, so the second stayed idle.)
+
+    `own_sessions`: each replica in a session of its own, as separate services (systemd units, containers) run.
+    In this script's session, with the load generator, Linux's autogroups left PostgreSQL's backends runnable
+    but off the CPU for up to seconds (benchmarks/scheduling_stall.py)."""
     env = child_env(
         LRBS_DATABASE_URL=url,
         LRBS_WORKER_TOKEN=WORKER_TOKEN,
@@ -215,7 +221,11 @@ def service(url: str, folder: Path, replicas: int = 1, key: str | None = None, *
             log = folder / f"service-{port}.log"
             with open(log, "wb") as out:
                 command = [str(BIN / "lrbs"), "serve", "--port", str(port), "--workers", "0"]
-                running.procs.append(subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT))
+                running.procs.append(
+                    subprocess.Popen(
+                        command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=own_sessions
+                    )
+                )
             running.ports.append(port)
             running.logs.append(log)
         for replica, (proc, log) in enumerate(zip(running.procs, running.logs, strict=True)):

@@ -3,6 +3,7 @@
     python -m benchmarks.scheduling_stall                          # 6 rounds with the machine's own setting
     python -m benchmarks.scheduling_stall --autogroup alternate    # rounds alternate autogroup on/off (root)
     python -m benchmarks.scheduling_stall --perf                   # also `perf sched` over each round (root)
+    python -m benchmarks.scheduling_stall --sessions alternate     # replicas in this session / in their own
 
 Each round is `benchmarks.load`'s `get-done` cell with 2 replicas on PostgreSQL (a fresh schema, 200 seeded jobs,
 16 connections, 2 s of unmeasured warm-up), plus a prober: its own connection, outside lrbs, sends `SELECT 1`
@@ -17,6 +18,10 @@ group per session: the replicas with the load generator, PostgreSQL in its own) 
 `--autogroup alternate` starts every other round with `kernel.sched_autogroup_enabled` off and restores the
 setting at the end. The replicas and the database are started afresh each round, so each round's processes are
 grouped as the setting says when they start.
+
+The replicas run in this script's session by default (`--sessions shared`), with the load generator: how the
+stall was found. The other benchmarks start each replica in a session of its own, as separate services run
+(`harness.service`'s `own_sessions`); `--sessions alternate` compares the two with the autogroups on.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ def ms(value: float | None) -> str:
 @dataclass
 class Round:
     autogroup: str
+    sessions: str  # the replicas': "shared" (with the load generator) or "own"
     rate: float
     p99_ms: float
     probes: int
@@ -115,12 +121,12 @@ def longest_delays(timehist: str) -> tuple[float, float]:
     return postgres, other
 
 
-def one_round(seconds: int, use_perf: bool, autogroup: bool | None) -> Round:
+def one_round(seconds: int, use_perf: bool, autogroup: bool | None, own_sessions: bool) -> Round:
     with autogroup_set(autogroup), tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         with harness.database("postgresql", folder) as url:
             key = harness.create_key(url)
-            with harness.service(url, folder, 2, key, max_active_jobs_per_key="1000000000") as svc:
+            with harness.service(url, folder, 2, key, own_sessions, max_active_jobs_per_key="1000000000") as svc:
                 with svc.client() as http:
                     done_id, _ = load.seed(http, 200)
                 script = load.wrk_script(folder, "GET", key, None)
@@ -141,8 +147,9 @@ def one_round(seconds: int, use_perf: bool, autogroup: bool | None) -> Round:
                     timehist = ["perf", "sched", "timehist", "-i", str(perf_data)]
                     delays = longest_delays(subprocess.run(timehist, capture_output=True, text=True).stdout)
         probe_ms = [t * 1000 for t in prober.times] or [0.0]
+        rate = found["requests"] / (found["duration_us"] / 1e6)
         return Round(
-            setting, found["requests"] / (found["duration_us"] / 1e6), found["p99_us"] / 1e3, len(probe_ms),
+            setting, "own" if own_sessions else "shared", rate, found["p99_us"] / 1e3, len(probe_ms),
             sum(t > SLOW_PROBE_MS for t in probe_ms), max(probe_ms), *delays,
         )  # fmt: skip
 
@@ -153,6 +160,8 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8, help="measured seconds per round")
     alternate = "alternate: every other round with kernel.sched_autogroup_enabled off (needs root)"
     parser.add_argument("--autogroup", choices=["as-is", "alternate"], default="as-is", help=alternate)
+    sessions = "the replicas' sessions: this script's (shared), each its own (own), or alternate between the two"
+    parser.add_argument("--sessions", choices=["shared", "own", "alternate"], default="shared", help=sessions)
     parser.add_argument("--perf", action="store_true", help="perf sched over each round (needs root and perf)")
     args = parser.parse_args()
     if args.autogroup == "alternate" and not harness.AUTOGROUP.exists():
@@ -161,9 +170,10 @@ def main() -> None:
     rounds = []
     for i in range(args.rounds):
         setting = None if args.autogroup == "as-is" else i % 2 == 0
-        found = one_round(args.duration, args.perf, setting)
-        print(f"round {i + 1}: autogroup {found.autogroup}, {found.rate:.0f}/s, p99 {found.p99_ms:.1f} ms, slowest "
-              f"SELECT 1 {found.slowest_probe_ms:.1f} ms", flush=True)  # fmt: skip
+        own = args.sessions == "own" or (args.sessions == "alternate" and i % 2 == 1)
+        found = one_round(args.duration, args.perf, setting, own)
+        print(f"round {i + 1}: autogroup {found.autogroup}, replicas' sessions {found.sessions}, {found.rate:.0f}/s, "
+              f"p99 {found.p99_ms:.1f} ms, slowest SELECT 1 {found.slowest_probe_ms:.1f} ms", flush=True)  # fmt: skip
         rounds.append(found)
     print(
         f"\n{args.rounds} rounds of GET /v1/jobs/{{id}} (succeeded job), PostgreSQL, 2 replicas, {args.duration} s "
@@ -171,19 +181,19 @@ def main() -> None:
         f"{harness.loadavg()}\n"
     )
     rows = [
-        (i + 1, r.autogroup, f"{r.rate:,.0f}", ms(r.p99_ms), f"{r.slow_probes} of {r.probes}", ms(r.slowest_probe_ms),
-         ms(r.postgres_delay_ms), ms(r.other_delay_ms))
+        (i + 1, r.autogroup, r.sessions, f"{r.rate:,.0f}", ms(r.p99_ms), f"{r.slow_probes} of {r.probes}",
+         ms(r.slowest_probe_ms), ms(r.postgres_delay_ms), ms(r.other_delay_ms))
         for i, r in enumerate(rounds)
     ]  # fmt: skip
-    headers = ["round", "autogroup", "requests/s", "p99 ms", f"SELECT 1 over {SLOW_PROBE_MS:.0f} ms",
-               "slowest SELECT 1 ms", "longest scheduling delay, PostgreSQL (ms)",
-               "longest scheduling delay, other tasks (ms)"]  # fmt: skip
+    headers = ["round", "autogroup", "replicas' sessions", "requests/s", "p99 ms",
+               f"SELECT 1 over {SLOW_PROBE_MS:.0f} ms", "slowest SELECT 1 ms",
+               "longest scheduling delay, PostgreSQL (ms)", "longest scheduling delay, other tasks (ms)"]  # fmt: skip
     print(harness.table(headers, rows))
-    for setting in sorted({r.autogroup for r in rounds}):
-        group = [r for r in rounds if r.autogroup == setting]
+    for setting in sorted({(r.autogroup, r.sessions) for r in rounds}):
+        group = [r for r in rounds if (r.autogroup, r.sessions) == setting]
         stalled = sum(r.p99_ms > 100 for r in group)
-        print(f"\nautogroup {setting}: {stalled} of {len(group)} rounds with a p99 over 100 ms; median "
-              f"{statistics.median(r.rate for r in group):,.0f}/s, median p99 "
+        print(f"\nautogroup {setting[0]}, replicas' sessions {setting[1]}: {stalled} of {len(group)} rounds with a "
+              f"p99 over 100 ms; median {statistics.median(r.rate for r in group):,.0f}/s, median p99 "
               f"{statistics.median(r.p99_ms for r in group):,.1f} ms", end="")  # fmt: skip
     print()
 

@@ -30,6 +30,7 @@ from benchmarks.batch_size.warmup import TASKS as BATCH_TASKS
 from benchmarks.lr_quality import grid
 from benchmarks.lr_quality.run import FINDER_SEEDS
 from benchmarks.lr_quality.tasks import POLICY
+from benchmarks.lr_quality.warmup import warmup_steps
 
 TASK = BATCH_TASKS["text-chars-lm-adamw"]
 CACHE_FILE = grid.CACHE / "long_warmup.json"
@@ -73,12 +74,9 @@ def _train(run: Run) -> tuple[str, float]:
 
 
 def _untrained(seed: int) -> tuple[str, float]:
-    from benchmarks.lr_quality.training import job_of
-    from lrbs.worker.probes.train import evaluate
+    from benchmarks.lr_quality.training import untrained_loss
 
-    job = job_of(TASK)
-    model, _ = job.fresh(1e-3, seed)
-    return f"untrained|{seed}", evaluate(model, job.loss_fn, job.data.val_batches(256))
+    return f"untrained|{seed}", untrained_loss(TASK, seed)
 
 
 def fill(cache: dict, work: list, fn, processes: int) -> None:
@@ -100,7 +98,7 @@ def main() -> None:
     fill(cache, [s for s in SEEDS if f"untrained|{s}" not in cache], _untrained, args.processes)
     advice = {(s, fs): cache[f"advice|{s}|{fs}"] for s in SCHEDULES for fs in FINDER_SEEDS}
     warmups = {a["warmup_steps"] for a in advice.values()} - {0}
-    warmup = max(warmups) if warmups else max(1, round(0.05 * TASK.steps))
+    warmup = max(warmups) if warmups else warmup_steps(TASK)
     runs = [
         (s, lr, seed, w)
         for s in SCHEDULES
@@ -131,7 +129,7 @@ def main() -> None:
         with_ = [regret(a["lr"], warmup) for a in recs]
         advised = sorted({a["warmup_steps"] for a in recs})
         better = sum(b < a for a, b in zip(without, with_, strict=True))
-        summary += [(s, a, b, a2["warmup_steps"]) for a, b, a2 in zip(without, with_, recs, strict=True)]
+        summary += [(a, b, rec["warmup_steps"]) for a, b, rec in zip(without, with_, recs, strict=True)]
         rows.append((
             s, " / ".join(f"{best[w]:.4g}" for w in (0, warmup)),
             " / ".join(f"{loss(s, best[w], w):.4f}" for w in (0, warmup)),
@@ -143,8 +141,8 @@ def main() -> None:
                "recommended LR (per finder seed)", "warm-up lrbs advises (steps)",
                "regret without warm-up (per finder seed)", "regret with the warm-up", "verdict"]  # fmt: skip
     print(harness.table(headers, rows))
-    advised_regret = [b if w else a for _, a, b, w in summary]
-    none_regret = [a for _, a, _, _ in summary]
+    advised_regret = [b if w else a for a, b, w in summary]
+    none_regret = [a for a, _, _ in summary]
     print(f"\nregret with lrbs's advice: median {statistics.median(advised_regret):.1%}, worst "
           f"{max(advised_regret):.1%}; with no warm-up: median {statistics.median(none_regret):.1%}, worst "
           f"{max(none_regret):.1%}")  # fmt: skip

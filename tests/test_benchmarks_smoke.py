@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 from benchmarks import harness
 
 SCRIPTS = ["load", "claim_latency", "fleet", "memory", "healthz_first_submit", "scheduling_stall"]
-SCRIPTS += ["lr_quality.long_warmup"]
+SCRIPTS += ["lr_quality.long_warmup", "batch_size.warmup"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -27,6 +28,19 @@ def test_percentile_and_table():
     assert harness.percentile(values, 99) == 99
     assert harness.percentile([7.0], 99) == 7.0
     assert harness.table(["a", "b"], [(1, 2)]).splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |"]
+
+
+def test_the_warmup_verdict_tells_a_worse_final_loss_from_seed_noise():
+    from benchmarks.batch_size.warmup import loss_check
+
+    fixed = [1.559, 1.560, 1.562, 1.558, 1.561]
+    worse = loss_check(
+        [f + 0.015 + e for f, e in zip(fixed, [0.003, -0.002, 0.001, -0.004, 0.002], strict=True)], fixed
+    )
+    assert worse.worse_beyond_noise and worse.worse == 5 and 0 < worse.low < 0.015 < worse.high
+    mixed = loss_check([f + e for f, e in zip(fixed, [0.01, -0.012, 0.004, -0.006, 0.002], strict=True)], fixed)
+    assert not mixed.worse_beyond_noise and mixed.low < 0 < mixed.high and mixed.worse == 3
+    assert loss_check([math.inf, *fixed[1:]], fixed).worse_beyond_noise  # a diverged run is worse
 
 
 def test_synthetic_result_is_a_valid_result():

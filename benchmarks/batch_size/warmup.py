@@ -23,6 +23,11 @@ among those whose final loss is within FINAL_TOLERANCE of the best fixed final l
 loss"). The goal: where lrbs advises a schedule, it reaches the target in fewer steps than the latter at no
 worse final loss; where it declines, no counterfactual warm-up does that by MIN_STEP_SAVING.
 
+"No worse final loss" is settled on more seeds: a warm-up that passes on the means of SEEDS (fewer steps, final
+loss within FINAL_TOLERANCE) is trained again, with the fixed batch it beat, on CHECK_SEEDS at their tuned LRs.
+Their final losses are compared seed by seed (the same seed: the same initialisation); a 95% t-interval of the
+mean difference above zero means the warm-up ended worse beyond the seeds' noise, and it did not pay.
+
 Runs are cached in warmup_cache.json (one a line), trained by --processes processes (default 2) with one
 torch thread each. Wall times come from a shared 2-core CPU and move with its load.
 """
@@ -47,6 +52,7 @@ from lrbs.worker import batch_schedule as bs
 
 CACHE_FILE = Path(__file__).parent / "warmup_cache.json"
 SEEDS = (0, 1)
+CHECK_SEEDS = (0, 1, 2, 3, 4)  # the seeds behind a verdict's "no worse final loss"
 LR_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 FRACTION = 0.95
 FINAL_TOLERANCE = 0.02
@@ -405,42 +411,21 @@ def main() -> None:
                   f"| {_f(s.time_s, '.2f')} | {_f(s.final, '.4g')} |")  # fmt: skip
         summary.append((name, advice, scores))
 
+    verdicts = judge(summary, results, args.processes)
     print("\n## Summary\n")
-    print(f"Steps and time to the target, and final loss; means over seeds {SEEDS}, each at its tuned LR.\n")
+    print(f"Steps and time to the target, and final loss; means over seeds {SEEDS}, each at its tuned LR. A warm-up")
+    print(f"that passes on those means is checked on seeds {CHECK_SEEDS} against the fixed batch it beat.\n")
     print("| task | B_noise along the trajectory (step: B_noise) | most any schedule could save (model) "
           "| lrbs advice | fastest fixed batch | fewest steps at no worse loss | lrbs schedule | B ≈ B_noise warm-up "
           "| verdict |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, advice, scores in summary:
-        fixed = {int(k.split()[1]): v for k, v in scores.items() if k.startswith("fixed")}
-        fastest = min(fixed, key=lambda b: fixed[b].time_s)
-        ok_loss = min(v.final for v in fixed.values()) * (1 + FINAL_TOLERANCE)
-        good = {b: v for b, v in fixed.items() if v.final <= ok_loss}
-        fewest = min(good, key=lambda b: good[b].steps)
-        tried = "lrbs schedule" if advice["schedule"] else "planner, no threshold"
-        sched, follow = scores.get(tried), scores.get("B ≈ B_noise")
-        bar = good[fewest].steps
-        if advice["schedule"]:
-            verdict = "goal met" if _beats(sched, bar, ok_loss) else "goal not met"
-        else:
-            paid = [(lbl, x) for lbl, x in (("the planner's best", sched), ("B ≈ B_noise", follow))
-                    if x is not None and _beats(x, bar, ok_loss, bs.MIN_STEP_SAVING)]  # fmt: skip
-            # lrbs plans for fewer steps with no more samples: say what a warm-up that paid in steps spent
-            verdict = (
-                "declined rightly: no warm-up paid"
-                if not paid
-                else "declined, but "
-                + " and ".join(
-                    f"{lbl} took {1 - x.steps / bar:.0%} fewer steps than fixed {fewest}, with "
-                    f"{x.samples / good[fewest].samples - 1:+.0%} samples"
-                    for lbl, x in paid
-                )
-            )
+    for (name, advice, scores), (baselines, verdict) in zip(summary, verdicts, strict=True):
+        fastest, fewest = baselines
         trajectory = ", ".join(f"{p['step']}: {_f(p['b_noise'], '.0f')}" for p in advice["trajectory"])
         print(
             f"| {name} | {trajectory} | {_f(model_bound(name, advice), '.0%')} | {_advice_text(advice)} "
-            f"| {fastest}: {_sc(fixed[fastest])} "
-            f"| {fewest}: {_sc(good[fewest])} | {_sc(sched) if advice['schedule'] else '—'} | {_sc(follow)} "
+            f"| {fastest}: {_sc(scores[f'fixed {fastest}'])} | {fewest}: {_sc(scores[f'fixed {fewest}'])} "
+            f"| {_sc(scores['lrbs schedule']) if advice['schedule'] else '—'} | {_sc(scores.get('B ≈ B_noise'))} "
             f"| {verdict} |"
         )
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
@@ -449,6 +434,94 @@ def main() -> None:
 def _beats(s: Score | None, steps: float, loss: float, by: float = 0.0) -> bool:
     """Fewer steps to the target than `steps` (by the share `by`), at a final loss no worse than `loss`."""
     return s is not None and s.steps < steps * (1 - by) and s.final <= loss
+
+
+@dataclass(frozen=True)
+class LossCheck:
+    """A warm-up's final loss against a fixed batch's, paired by seed: the mean difference and its 95% t-interval."""
+
+    difference: float
+    low: float
+    high: float
+    worse: int  # seeds where the warm-up ended worse
+    seeds: int
+
+    @property
+    def worse_beyond_noise(self) -> bool:
+        return self.low > 0
+
+    def describe(self) -> str:
+        return (f"final loss {self.difference:+.3f} (95% interval {self.low:+.3f} to {self.high:+.3f}), "
+                f"worse in {self.worse} of {self.seeds} seeds")  # fmt: skip
+
+
+def loss_check(warmup: list[float], fixed: list[float]) -> LossCheck:
+    from scipy import stats
+
+    d = np.array(warmup) - np.array(fixed)
+    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))) if np.isfinite(d).all() else 0.0
+    mean = float(d.mean())
+    return LossCheck(mean, mean - half, mean + half, int((d > 0).sum()), len(d))
+
+
+def finals(name: str, stages: Stages, factor: float, seeds: tuple[int, ...], results: dict[str, dict]) -> list[float]:
+    """The final loss (lowest validation loss within the budget) per seed; a diverged run counts as infinite."""
+    samples = SETUPS[name].samples
+    records = [results[key((name, scaled(stages, factor), seed, samples))] for seed in seeds]
+    return [math.inf if r["diverged"] else min(r["loss"]) for r in records]
+
+
+def judge(summary: list, results: dict[str, dict], processes: int) -> list[tuple[tuple[int, int], str]]:
+    """Per task: the two fixed baselines (fastest, fewest steps at no worse loss) and the verdict, after training
+    the warm-ups that pass on the means, and the fixed batch they beat, on CHECK_SEEDS."""
+    passed = []  # (name, configurations, fixed scores by batch, fewest, [(label, score)]) per task
+    extra: list[Run] = []
+    for name, advice, scores in summary:
+        configs = configurations(name, advice)
+        fixed = {int(k.split()[1]): v for k, v in scores.items() if k.startswith("fixed")}
+        ok_loss = min(v.final for v in fixed.values()) * (1 + FINAL_TOLERANCE)
+        good = {b: v for b, v in fixed.items() if v.final <= ok_loss}
+        fewest = min(good, key=lambda b: good[b].steps)
+        labels = ["lrbs schedule"] if advice["schedule"] else ["planner, no threshold", "B ≈ B_noise"]
+        by = 0.0 if advice["schedule"] else bs.MIN_STEP_SAVING
+        winners = [(lb, scores[lb]) for lb in labels if _beats(scores.get(lb), good[fewest].steps, ok_loss, by)]
+        passed.append((name, configs, fixed, fewest, winners))
+        for label in [f"fixed {fewest}", *(lb for lb, _ in winners)] if winners else []:
+            factor = scores[label].factor
+            extra += [(name, scaled(configs[label], factor), seed, SETUPS[name].samples) for seed in CHECK_SEEDS]
+    run_all(extra, results, processes)
+
+    out = []
+    for (name, advice, _), (_, configs, fixed, fewest, winners) in zip(summary, passed, strict=True):
+        fastest = min(fixed, key=lambda b: fixed[b].time_s)
+        checks = {
+            lb: loss_check(
+                finals(name, configs[lb], s.factor, CHECK_SEEDS, results),
+                finals(name, configs[f"fixed {fewest}"], fixed[fewest].factor, CHECK_SEEDS, results),
+            )
+            for lb, s in winners
+        }
+        paid = [(lb, s) for lb, s in winners if not checks[lb].worse_beyond_noise]
+        bar = fixed[fewest]
+
+        said = {
+            lb: f"{lb} took {1 - s.steps / bar.steps:.0%} fewer steps than fixed {fewest}, with "
+            f"{s.samples / bar.samples - 1:+.0%} samples; {checks[lb].describe()}"
+            for lb, s in winners
+        }
+        if advice["schedule"]:
+            verdict = "goal met" if paid else "goal not met"
+            verdict += "".join(f": {said[lb]}" for lb, _ in winners)
+        elif paid:  # lrbs plans for fewer steps with no more samples: say what a warm-up that paid spent
+            verdict = "declined, but " + " and ".join(said[lb] for lb, _ in paid)
+        elif winners:
+            verdict = "declined rightly: " + " and ".join(
+                f"{said[lb]}, so it ended worse beyond the seeds' noise" for lb, _ in winners
+            )
+        else:
+            verdict = "declined rightly: no warm-up paid"
+        out.append(((fastest, fewest), verdict))
+    return out
 
 
 def _advice_text(advice: dict) -> str:

@@ -47,6 +47,12 @@ def test_the_trajectory_grows_from_initialisation_and_every_point_has_an_interva
     assert progress and progress[-1].step == 120 and progress[-1].total == 120
 
 
+def test_the_trajectory_can_be_measured_at_other_steps_than_the_jobs():
+    context = JobContext.build(batch_job(train_steps=1000), lambda _p: None)
+    points, steps = measure_trajectory(context, [16, 256], lr=0.05, batch=32, at=[0, 5, 40])
+    assert steps == 40 and [p.step for p in points] == [0, 5, 40]
+
+
 def test_a_diverging_training_ends_the_trajectory_without_failing_the_job():
     context = JobContext.build(batch_job(train_steps=100, optimizer={"name": "sgd"}), lambda _p: None)
     points, steps = measure_trajectory(context, [16, 256], lr=1e6, batch=32)

@@ -12,7 +12,7 @@ import pytest
 from benchmarks import harness
 
 SCRIPTS = ["load", "claim_latency", "fleet", "memory", "healthz_first_submit", "scheduling_stall"]
-SCRIPTS += ["lr_quality.long_warmup", "batch_size.warmup"]
+SCRIPTS += ["lr_quality.long_warmup", "batch_size.warmup", "batch_size.long_trajectory"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -42,14 +42,17 @@ def horizon(job: JobContext) -> int:
     return min(job.spec.train_steps or DEFAULT_TRAIN_STEPS, MAX_STEPS)
 
 
-def measure_trajectory(job: JobContext, sizes: list[int], lr: float, batch: int) -> tuple[list[NoisePoint], int]:
+def measure_trajectory(
+    job: JobContext, sizes: list[int], lr: float, batch: int, at: list[int] | None = None
+) -> tuple[list[NoisePoint], int]:
     """(points, optimizer steps trained): B_noise at checkpoints of one training at `batch` and `lr`.
 
-    The noise scale is measured from the smallest and largest of `sizes`; the training stops early (and
-    the trajectory with it) if its loss stops being finite."""
+    The noise scale is measured from the smallest and largest of `sizes`, at the steps `at` (default: the
+    job's `checkpoints` up to its `horizon`); the training stops early (and the trajectory with it) if its
+    loss stops being finite."""
     small, big = sizes[0], sizes[-1]
-    total = horizon(job)
-    at = checkpoints(total)
+    at = at if at is not None else checkpoints(horizon(job))
+    total = at[-1]
     model, optimizer = job.fresh(lr)
     step = TrainingStep(model, job.loss_fn, optimizer, job.step_settings)
     seed = job.spec.seed

@@ -1,6 +1,7 @@
 """docker-compose.yml, Dockerfile, .dockerignore and .env.example, checked against the code they deploy.
 
-No Docker engine runs here, so these tests read the files: every command the compose file or the image runs
+They run on every machine, Docker or not (deploy/compose_check.sh runs the compose file for real), so they read
+the files: every command the compose file or the image runs
 is parsed by the real `lrbs` click commands (options, types and required values, with the environment that
 container gets), every LRBS_* variable is a real service setting or a variable the worker reads, and the
 services, health checks, volumes, GPU reservation and build arguments fit together.
@@ -461,3 +462,14 @@ def test_every_data_file_of_the_package_ships_in_the_wheel():
         if not covered:
             missing.append(relative)
     assert not missing, f"pyproject.toml's package-data leaves {missing} out of the wheel the Docker image installs"
+
+
+@pytest.mark.parametrize(
+    "script", sorted((ROOT / "deploy").glob("*.sh")) + [ROOT / "deploy/offline/postgres-entrypoint.sh"]
+)
+def test_the_deploy_scripts_parse_and_are_executable(script):
+    import subprocess
+
+    assert os.access(script, os.X_OK), f"{script.name} is not executable"
+    parsed = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stderr

@@ -5,17 +5,32 @@
 #
 #   deploy/compose_check.sh                                          # images from Docker Hub and PyTorch's index
 #   deploy/compose_check.sh --torch-index http://127.0.0.1:8765/simple   # a local index (deploy/offline_images.sh)
+#   deploy/compose_check.sh --cuda-index https://pypi.org/simple         # also the GPU worker's image (CUDA torch)
 #
-# It prints one line per check and exits non-zero at the first that fails.
+# With --cuda-index it also builds the GPU worker's image from that index (PyPI's Linux torch is a CUDA build),
+# checks its torch is a CUDA build, tries `up -d worker` (on a host with no GPU it fails to get one) and runs that
+# image as a worker without the GPU reservation. It prints one line per check and exits non-zero at the first that
+# fails.
 set -euo pipefail
 torch_index=
-[ "${1:-}" = --torch-index ] && torch_index=${2:?--torch-index URL}
+cuda_index=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --torch-index) torch_index=${2:?--torch-index URL}; shift 2 ;;
+    --cuda-index) cuda_index=${2:?--cuda-index URL}; shift 2 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
 repo=$(pwd)
 work=$(mktemp -d)
 project=lrbscheck
 if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
 dc() { (cd "$work" && "${compose[@]}" -p "$project" "$@"); }
-cleanup() { dc --profile cpu down -v >/dev/null 2>&1 || true; rm -rf "$work"; }
+cleanup() {
+  docker rm -f "${project}_gpu_image_worker" >/dev/null 2>&1 || true
+  dc --profile cpu down -v >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 ok() { printf '| %s | %s |\n' "$1" "$2"; }
 fail() { printf '| %s | FAILED: %s |\n' "$1" "$2"; exit 1; }
@@ -27,11 +42,16 @@ cp "$work/.env.example" "$work/.env"
 token=$(python3 -c "import secrets; print(secrets.token_urlsafe(32))")
 password=$(python3 -c "import secrets; print(secrets.token_hex(12))")
 sed -i "s/^LRBS_WORKER_TOKEN=.*/LRBS_WORKER_TOKEN=$token/; s/^POSTGRES_PASSWORD=.*/POSTGRES_PASSWORD=$password/" "$work/.env"
-if [ -n "$torch_index" ]; then
-  build="{context: ., network: host, args: {TORCH_INDEX_URL: \"$torch_index\"}}"
-  printf 'services:\n  migrate:\n    build: %s\n  service:\n    build: %s\n  worker-cpu:\n    build: %s\n' \
-    "$build" "$build" "$build" > "$work/docker-compose.override.yml"
-fi
+{
+  echo "services:"
+  if [ -n "$torch_index" ]; then
+    for s in migrate service worker-cpu; do
+      echo "  $s: {build: {context: ., network: host, args: {TORCH_INDEX_URL: \"$torch_index\"}}}"
+    done
+  fi
+  [ -z "$cuda_index" ] || echo "  worker: {build: {context: ., network: host, args: {TORCH_INDEX_URL: \"$cuda_index\"}}}"
+} > "$work/docker-compose.override.yml"
+[ -n "$torch_index$cuda_index" ] || rm "$work/docker-compose.override.yml"
 echo "compose: $("${compose[@]}" version | head -1); docker: $(docker version -f '{{.Server.Version}}'); lrbs at $(git -C "$repo" rev-parse --short HEAD)"
 echo
 echo "| check | result |"
@@ -48,13 +68,13 @@ ok "\`run --rm migrate\` (starts postgres, waits for its health check)" "$(tail 
 key=$(dc run --rm migrate lrbs keys create --name platform --admin 2>/dev/null | tail -1 | tr -d '\r')
 [ -n "$key" ] && ok "\`run --rm migrate lrbs keys create --name platform --admin\`" "a key printed" || fail "keys create" "no key"
 
+worker_image() { docker image inspect -f '{{.Id}}' "$(image_of worker)" 2>/dev/null || echo none; }
+before=$(worker_image)
 t0=$(date +%s.%N)
 dc --profile cpu up -d service worker-cpu >"$work/up.log" 2>&1 || { tail -20 "$work/up.log"; fail "up" "see above"; }
 ok "\`--profile cpu up -d service worker-cpu\` (returns once service is healthy)" "$(secs "$t0" "$(date +%s.%N)")"
-if docker image inspect "$(image_of worker)" >/dev/null 2>&1; then
-  fail "the GPU worker's image" "built although only service and worker-cpu were asked for"
-fi
-ok "the GPU worker's image (CUDA torch) is not built on this host" "not built"
+[ "$(worker_image)" = "$before" ] || fail "the GPU worker's image" "built although only service and worker-cpu were asked for"
+ok "\`up\` does not build the GPU worker's image (CUDA torch) on this host" "not built"
 
 api() { curl -s -H "authorization: Bearer $key" "$@"; }
 state() { api "http://127.0.0.1:8000$1" | python3 -c "import sys, json; j = json.load(sys.stdin); e = j.get('error') or {}; print(j['state'], e.get('kind', ''))"; }
@@ -103,10 +123,33 @@ dc start worker-cpu >/dev/null 2>&1
 s=$(wait_for "$job" "succeeded|failed" 300)
 [[ $s == succeeded* ]] && ok "\`start worker-cpu\`: the handed-back job runs again" "$s" || fail "job after restart" "$s"
 
+if [ -n "$cuda_index" ]; then
+  t0=$(date +%s.%N)
+  dc build worker >"$work/build-cuda.log" 2>&1 || { tail -20 "$work/build-cuda.log"; fail "the GPU worker's image" "see above"; }
+  image=$(image_of worker)
+  cuda=$(docker run --rm --entrypoint python "$image" -c "import torch; print(torch.__version__, torch.version.cuda)")
+  [[ $cuda != *None ]] && ok "the GPU worker's image builds from $cuda_index" "$(secs "$t0" "$(date +%s.%N)"), $(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.2f GB", $1/1e9}'), torch $cuda" || fail "CUDA torch" "$cuda"
+  if up=$(dc up -d worker 2>&1); then
+    ok "\`up -d worker\` (the GPU reservation)" "started"
+  else
+    ok "\`up -d worker\` (the GPU reservation)" "refused here: $(grep -o 'could not select device driver[^:]*' <<<"$up" | head -1)"
+  fi
+  dc stop worker-cpu >/dev/null 2>&1
+  docker run -d --name "${project}_gpu_image_worker" --network "${project}_default" -e "LRBS_WORKER_TOKEN=$token" \
+    "$image" lrbs worker --url http://service:8000 >/dev/null
+  job=$(submit '{"model": {"name": "mlp"}, "dataset": {"name": "synthetic_classification"}, "optimizer": {"name": "adam"}}')
+  s=$(wait_for "$job" "succeeded|failed" 180)
+  devices=$(docker logs "${project}_gpu_image_worker" 2>&1 | grep -o "registered: devices [^,]*" | head -1)
+  docker rm -f "${project}_gpu_image_worker" >/dev/null
+  dc start worker-cpu >/dev/null 2>&1
+  [[ $s == succeeded* ]] && ok "that image as a worker without the reservation" "$devices; a job $s" || fail "GPU image worker" "$s"
+fi
+
 t0=$(date +%s.%N)
 dc stop service >/dev/null 2>&1
 ok "\`stop service\` (SIGTERM)" "stopped in $(secs "$t0" "$(date +%s.%N)"), exit $(docker inspect -f '{{.State.ExitCode}}' "$(dc ps -a -q service)") (143: uvicorn re-raises SIGTERM after its clean shutdown)"
 dc --profile cpu down >/dev/null 2>&1
 dc --profile cpu up -d service worker-cpu >/dev/null 2>&1
 jobs=$(api "http://127.0.0.1:8000/v1/jobs?view=summary" | python3 -c "import sys, json; print(len(json.load(sys.stdin)['jobs']))")
-[ "$jobs" = 2 ] && ok "\`down\`, then \`up\` again: the jobs are still there (named volume postgres-data)" "$jobs jobs" || fail "persistence" "$jobs jobs"
+expected=$([ -n "$cuda_index" ] && echo 3 || echo 2)
+[ "$jobs" = "$expected" ] && ok "\`down\`, then \`up\` again: the jobs are still there (named volume postgres-data)" "$jobs jobs" || fail "persistence" "$jobs jobs"

@@ -119,7 +119,9 @@ def make_engine(url: str, timeout_seconds: float = 5.0) -> Engine:
         pool_size=THREADS,
         max_overflow=4,  # the reaper and metrics collector beside a full pool
         pool_timeout=timeout_seconds,
-        connect_args={"connect_timeout": max(1, round(timeout_seconds))},
+        # client_encoding: a database created without a UTF-8 locale is SQL_ASCII, and psycopg then returns bytes
+        # for text (SQLAlchemy's first connect fails on them); asking for UTF-8 makes it decode them as such
+        connect_args={"connect_timeout": max(1, round(timeout_seconds)), "client_encoding": "utf8"},
     )
     _ping_after_idle(engine)
     return engine

@@ -19,7 +19,7 @@ import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from benchmarks.batch_size.warmup import SETUPS, TASKS, advice_of
+from benchmarks.batch_size.warmup import SETUPS, TASKS, advice_of, points_of
 from lrbs.worker import batch_schedule as bs
 from lrbs.worker import batch_warmup
 
@@ -40,15 +40,14 @@ def trajectory(seed: int, steps: int, n_train: int, lr: float) -> list[dict]:
     dataset = task.spec["dataset"]
     spec = {**task.spec, "dataset": {**dataset, "params": {**dataset["params"], "n_train": n_train}}}
     job = JobContext.build(dataclasses.replace(task, spec=spec).job("constant", device="cpu", seed=seed), policy=POLICY)
-    at = sorted({c for c in (*batch_warmup.CHECKPOINTS, *LATER) if c < steps} | {steps})
+    at = sorted({*batch_warmup.checkpoints(steps), *(c for c in LATER if c < steps)})
     sizes = sorted(SETUPS[TASK].candidates)
     points, _ = batch_warmup.measure_trajectory(job, [sizes[0], sizes[-1]], lr, BATCH, at)
     return [p.model_dump() for p in points]
 
 
 def planned(points: list[dict], steps: int) -> bs.Plan:
-    measured = [bs.Point(p["step"], p["b_noise"], p["low"], p["high"]) for p in points]
-    return bs.plan(measured, BATCH, list(SETUPS[TASK].candidates), BATCH, steps, None, min_saving=0.0)
+    return bs.plan(points_of(points), BATCH, list(SETUPS[TASK].candidates), BATCH, steps, None, min_saving=0.0)
 
 
 def main() -> None:

@@ -156,6 +156,11 @@ def lrbs_advice(name: str) -> dict:
     }
 
 
+def points_of(trajectory: list[dict]) -> list[bs.Point]:
+    """The planner's points from a trajectory as the cache keeps it (NoisePoint.model_dump())."""
+    return [bs.Point(p["step"], p["b_noise"], p["low"], p["high"]) for p in trajectory]
+
+
 def progress(points: list[bs.Point], probe: int, fixed: int, steps: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The planner's cells (dτ, fitted B_noise) over the progress the fixed batch makes in `steps`."""
     measured, noise_fit = bs.fitted(points)
@@ -181,8 +186,7 @@ def follow_noise(
 def model_bound(name: str, advice: dict) -> float | None:
     """bs.saving_bound over the job's trajectory: the most any schedule could save against its fixed batch under
     the planner's model, with batches of any size."""
-    points = [bs.Point(p["step"], p["b_noise"]) for p in advice["trajectory"]]
-    cells = progress(points, TASKS[name].batch_size, advice["fixed"], TASKS[name].steps)
+    cells = progress(points_of(advice["trajectory"]), TASKS[name].batch_size, advice["fixed"], TASKS[name].steps)
     return None if cells is None else bs.saving_bound(*cells, advice["fixed"])
 
 

@@ -65,6 +65,11 @@ def train_many(jobs: list[tuple[str, str, float, int]], cache_path: Path, proces
     return results
 
 
+def regret(loss: float, best: float, untrained: float) -> float:
+    """The share of the best LR's improvement over the untrained model that `loss` loses (inf: diverged)."""
+    return max(0.0, (loss - best) / (untrained - best)) if math.isfinite(loss) else math.inf
+
+
 def mean_loss(results: dict[str, float], task: str, schedule: str, lr: float, seeds=SEEDS) -> float:
     return float(np.mean([results[key(task, schedule, lr, s)] for s in seeds]))
 

@@ -122,7 +122,7 @@ def main() -> None:
         l_best = min(loss(s, best[w], w) for w in best)
 
         def regret(lr: float, w: int, s: str = s, l_best: float = l_best) -> float:
-            return max(0.0, (loss(s, lr, w) - l_best) / (untrained - l_best))
+            return grid.regret(loss(s, lr, w), l_best, untrained)
 
         recs = [advice[(s, fs)] for fs in FINDER_SEEDS]
         without = [regret(a["lr"], 0) for a in recs]

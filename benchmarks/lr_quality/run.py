@@ -107,7 +107,7 @@ def regret(results: dict[str, float], task: str, schedule: str, lr: float | None
     if lr is None:
         return math.inf  # no advice is as bad as advice that diverges
     loss = grid.mean_loss(results, task, schedule, lr)
-    return max(0.0, (loss - best) / (untrained - best)) if math.isfinite(loss) else math.inf
+    return grid.regret(loss, best, untrained)
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ def interpolated_regret(results, task: str, schedule: str, lr: float) -> float:
         return math.inf
     w = 0 if i == lo else (x - logs[lo]) / (logs[i] - logs[lo])
     loss = (1 - w) * losses[lo] + w * losses[i]
-    return max(0.0, (loss - best) / (untrained - best))
+    return grid.regret(loss, best, untrained)
 
 
 def score(results, suggestions, tasks, schedule: str, landmark: str, factor: float) -> list[float]:

@@ -129,7 +129,7 @@ def main() -> None:
         best = min(best_plain, best_warm)
 
         def regret(loss: float, best: float = best, untrained: float = untrained) -> float:
-            return max(0.0, (loss - best) / (untrained - best)) if math.isfinite(loss) else math.inf
+            return grid.regret(loss, best, untrained)
 
         without = [regret(grid.mean_loss(plain, task.name, schedule, lr)) if lr else math.inf for lr in recommended]
         with_ = [regret(mean_warm(task.name, schedule, lr, w)) if lr else math.inf for lr in recommended]

@@ -98,3 +98,19 @@ def test_scheduling_stall_tiny_run():
     assert row.startswith("| 1 | on | shared |") or row.startswith("| 1 | off | shared |")  # the default sessions
     assert row.endswith("| — | — |")  # no perf asked for
     assert "rounds with a p99 over 100 ms" in done.stdout
+
+
+def test_the_powerlaw_task_is_a_linear_regression_with_a_frozen_projection():
+    import torch
+
+    from benchmarks.batch_size.powerlaw import projected, regression
+
+    x, y, x_val, y_val = regression(dim=32, n_train=20000, n_val=100, noise=0.5)
+    assert x.shape == (20000, 32) and y.shape == (20000, 1) and x_val.shape == (100, 32) and y_val.shape == (100, 1)
+    assert abs(float(y.var()) - (1 + 0.5**2)) < 0.1  # the teacher's signal variance is 1, plus the noise's
+    variances = x.var(axis=0)
+    assert (variances[:-1] > variances[1:]).mean() > 0.9  # a falling (power-law) spectrum
+    model = projected((32,), width=64)
+    assert [name for name, _ in model.named_parameters()] == ["head.weight", "head.bias"]  # the projection is frozen
+    assert torch.equal(model.projection, projected((32,), width=64).projection)  # part of the task, not the seed
+    assert model(torch.from_numpy(x[:5])).shape == (5, 1)

@@ -9,8 +9,9 @@ validation loss every ≤5% of the steps:
 - each fixed candidate, at lrbs's LR for it × each of LR_FACTORS (its LR is tuned on that grid);
 - the schedule lrbs advised (if any), its stages' LRs × the same factors;
 - counterfactual warm-ups, so a decline can be checked: the planner's best schedule with no saving threshold
-  ("planner, no threshold", when one exists), and a plain warm-up that follows the noise scale (each stage's
-  batch the candidate nearest the fitted B_noise at that point, "B ≈ B_noise").
+  ("planner, no threshold", when one exists), the same with no limit on predicted wall time (only samples
+  bound it: "planner, no time limit", when it differs), and a plain warm-up that follows the noise scale (each
+  stage's batch the candidate nearest the fitted B_noise at that point, "B ≈ B_noise").
 
 The target: L(untrained) − FRACTION · (L(untrained) − L(best)), L(best) the lowest mean-over-seeds validation
 loss any fixed run reached. Per configuration the LR factor with the fewest mean steps to the target wins
@@ -76,6 +77,7 @@ SETUPS = {
     "tokens-transformer-adamw": Setup((8, 16, 32, 64, 128), 12_000, "sqrt"),
     "blobs-wide-mlp-momentum": Setup((32, 64, 128, 256, 512, 1024, 2048), 128_000, "linear"),
     "text-chars-lm-adamw": Setup((8, 16, 32, 64, 128, 256), 32_000, "sqrt"),
+    "powerlaw-regression-sgd": Setup((16, 32, 64, 128, 256, 512, 1024, 2048), 512_000, "linear"),
 }
 # Tasks of this benchmark only (the others are lr_quality's).
 OWN_TASKS = [
@@ -109,6 +111,23 @@ OWN_TASKS = [
         },
         batch_size=16,
         steps=2000,  # the job's train_steps: 2,000 steps of the fixed batch lrbs chose (16) are the 32k samples
+    ),
+    # The textbook case for a warm-up (benchmarks/batch_size/powerlaw.py): a linear regression whose noise scale
+    # grows ~300x within the job's train_steps while its loss keeps falling, and whose step time grows with the
+    # batch beyond ~64 (a frozen projection fills the CPU), so lrbs's fixed batch sits inside the noise scale's range.
+    Task(
+        "powerlaw-regression-sgd",
+        {
+            "model": {
+                "source": "plugin",
+                "name": "benchmarks.batch_size.powerlaw:projected",
+                "params": {"width": 2048},
+            },
+            "dataset": {"source": "plugin", "name": "benchmarks.batch_size.powerlaw:regression", "params": {}},
+            "optimizer": {"name": "sgd"},
+        },
+        batch_size=64,
+        steps=1000,  # the job's train_steps: 1,000 steps of the fixed batch lrbs chose (512) are the 512k samples
     ),
 ]
 TASKS = {t.name: t for t in [*LR_TASKS, *OWN_TASKS] if t.name in SETUPS}
@@ -181,6 +200,16 @@ def follow_noise(
     batch = grid[np.argmin(np.abs(np.log(noise[:, None]) - np.log(grid[None, :])), axis=1)]
     batch = bs.merge_short(batch, d_tau, noise)
     return [[s.from_step, s.batch, lrs[s.batch]] for s in bs.stages_of(batch, d_tau, noise)]
+
+
+def no_time_limit(name: str, advice: dict) -> list[list] | None:
+    """The planner's best schedule against the job's fixed batch at no more samples, with no limit on predicted
+    wall time and no saving threshold: what lrbs would advise if only optimizer steps counted."""
+    lrs = advice["lrs"]
+    sizes = [b for b in SETUPS[name].candidates if str(b) in lrs]
+    task = TASKS[name]
+    found = bs.plan(points_of(advice["trajectory"]), task.batch_size, sizes, advice["fixed"], task.steps, None, 0.0)
+    return [[s.from_step, s.batch, lrs[str(s.batch)]] for s in found.stages] or None
 
 
 def model_bound(name: str, advice: dict) -> float | None:
@@ -292,6 +321,10 @@ def configurations(name: str, advice: dict) -> dict[str, Stages]:
     for label, field in (("lrbs schedule", "schedule"), ("planner, no threshold", "no_threshold")):
         if advice[field] and not (label == "planner, no threshold" and advice["schedule"]):
             out[label] = tuple((int(s), int(b), float(lr)) for s, b, lr in advice[field])
+    if unlimited := no_time_limit(name, advice):
+        stages = tuple((int(s), int(b), float(lr)) for s, b, lr in unlimited)
+        if stages not in out.values():
+            out["planner, no time limit"] = stages
     if advice["follow_noise"] and len(advice["follow_noise"]) > 1:
         out["B ≈ B_noise"] = tuple((int(s), int(b), float(lr)) for s, b, lr in advice["follow_noise"])
     return out
@@ -486,7 +519,8 @@ def judge(summary: list, results: dict[str, dict], processes: int) -> list[tuple
         ok_loss = min(v.final for v in fixed.values()) * (1 + FINAL_TOLERANCE)
         good = {b: v for b, v in fixed.items() if v.final <= ok_loss}
         fewest = min(good, key=lambda b: good[b].steps)
-        labels = ["lrbs schedule"] if advice["schedule"] else ["planner, no threshold", "B ≈ B_noise"]
+        labels = ["lrbs schedule"] if advice["schedule"] else ["planner, no threshold", "planner, no time limit",
+                                                                 "B ≈ B_noise"]  # fmt: skip
         by = 0.0 if advice["schedule"] else bs.MIN_STEP_SAVING
         winners = [(lb, scores[lb]) for lb in labels if _beats(scores.get(lb), good[fewest].steps, ok_loss, by)]
         passed.append((name, configs, fixed, fewest, winners))
@@ -510,7 +544,8 @@ def judge(summary: list, results: dict[str, dict], processes: int) -> list[tuple
 
         said = {
             lb: f"{lb} took {1 - s.steps / bar.steps:.0%} fewer steps than fixed {fewest}, with "
-            f"{s.samples / bar.samples - 1:+.0%} samples; {checks[lb].describe()}"
+            f"{s.samples / bar.samples - 1:+.0%} samples and {s.time_s / bar.time_s - 1:+.0%} time; "
+            f"{checks[lb].describe()}"
             for lb, s in winners
         }
         if advice["schedule"]:

@@ -14,7 +14,8 @@ from lrbs.schedules import SCHEDULES as ALL_SCHEDULES
 from lrbs.worker.plugins import PluginPolicy
 
 SCHEDULES = tuple(ALL_SCHEDULES)  # every schedule in the table
-POLICY = PluginPolicy(("benchmarks.lr_quality.text_data",))  # the plugin dataset of real text
+# The plugins of the benchmarks: the dataset of real text, and the batch benchmark's power-law regression.
+POLICY = PluginPolicy(("benchmarks.lr_quality.text_data", "benchmarks.batch_size.powerlaw"))
 
 
 @dataclass(frozen=True)

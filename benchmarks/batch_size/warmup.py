@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.lr_quality.tasks import POLICY, Task
+from benchmarks.lr_quality.tasks import HELD_OUT, POLICY, Task
 from benchmarks.lr_quality.tasks import TASKS as LR_TASKS
 from benchmarks.lr_quality.training import job_of
 from lrbs.worker import batch_schedule as bs
@@ -77,6 +77,9 @@ SETUPS = {
     "tokens-transformer-adamw": Setup((8, 16, 32, 64, 128), 12_000, "sqrt"),
     "blobs-wide-mlp-momentum": Setup((32, 64, 128, 256, 512, 1024, 2048), 128_000, "linear"),
     "text-chars-lm-adamw": Setup((8, 16, 32, 64, 128, 256), 32_000, "sqrt"),
+    # The textbook case for a warm-up (lr_quality.tasks.HELD_OUT, benchmarks/batch_size/powerlaw.py): a linear
+    # regression whose noise scale grows ~300x within the job's 1,000 train_steps while its loss keeps falling, and
+    # whose step time grows with the batch beyond ~64. 512k samples: 1,000 steps of the fixed batch lrbs chose (512).
     "powerlaw-regression-sgd": Setup((16, 32, 64, 128, 256, 512, 1024, 2048), 512_000, "linear"),
 }
 # Tasks of this benchmark only (the others are lr_quality's).
@@ -112,25 +115,8 @@ OWN_TASKS = [
         batch_size=16,
         steps=2000,  # the job's train_steps: 2,000 steps of the fixed batch lrbs chose (16) are the 32k samples
     ),
-    # The textbook case for a warm-up (benchmarks/batch_size/powerlaw.py): a linear regression whose noise scale
-    # grows ~300x within the job's train_steps while its loss keeps falling, and whose step time grows with the
-    # batch beyond ~64 (a frozen projection fills the CPU), so lrbs's fixed batch sits inside the noise scale's range.
-    Task(
-        "powerlaw-regression-sgd",
-        {
-            "model": {
-                "source": "plugin",
-                "name": "benchmarks.batch_size.powerlaw:projected",
-                "params": {"width": 2048},
-            },
-            "dataset": {"source": "plugin", "name": "benchmarks.batch_size.powerlaw:regression", "params": {}},
-            "optimizer": {"name": "sgd"},
-        },
-        batch_size=64,
-        steps=1000,  # the job's train_steps: 1,000 steps of the fixed batch lrbs chose (512) are the 512k samples
-    ),
 ]
-TASKS = {t.name: t for t in [*LR_TASKS, *OWN_TASKS] if t.name in SETUPS}
+TASKS = {t.name: t for t in [*LR_TASKS, *HELD_OUT, *OWN_TASKS] if t.name in SETUPS}
 
 
 # ---- the lrbs job ----------------------------------------------------------------------------------------
@@ -361,24 +347,24 @@ class Score:
     final: float
 
 
-def score(name: str, stages: Stages, target: float, results: dict[str, dict]) -> Score:
-    """The LR factor with the fewest mean steps to the target, and its means over seeds."""
+def at_factor(name: str, stages: Stages, target: float, results: dict[str, dict], factor: float) -> Score:
+    """Means over seeds of one LR factor's steps, samples and time to the target, and final loss."""
     samples = SETUPS[name].samples
-    best: Score | None = None
-    for f in LR_FACTORS:
-        records = [results[key((name, scaled(stages, f), seed, samples))] for seed in SEEDS]
-        hits = [first(r, target) for r in records]
-        s = Score(
-            f,
-            float(np.mean([h[0] for h in hits])),
-            float(np.mean([h[1] for h in hits])),
-            float(np.mean([h[2] for h in hits])),
-            float(np.mean([math.inf if r["diverged"] else min(r["loss"]) for r in records])),
-        )
-        if best is None or s.steps < best.steps:
-            best = s
-    assert best is not None
-    return best
+    records = [results[key((name, scaled(stages, factor), seed, samples))] for seed in SEEDS]
+    hits = [first(r, target) for r in records]
+    return Score(
+        factor,
+        float(np.mean([h[0] for h in hits])),
+        float(np.mean([h[1] for h in hits])),
+        float(np.mean([h[2] for h in hits])),
+        float(np.mean([math.inf if r["diverged"] else min(r["loss"]) for r in records])),
+    )
+
+
+def score(name: str, stages: Stages, target: float, results: dict[str, dict]) -> Score:
+    """The LR factor with the fewest mean steps to the target (ties: the lower factor)."""
+    scores = [at_factor(name, stages, target, results, f) for f in LR_FACTORS]
+    return min(scores, key=lambda s: s.steps)
 
 
 def target_of(name: str, advice: dict, results: dict[str, dict]) -> tuple[float, float, float]:
@@ -446,6 +432,9 @@ def main() -> None:
             stages = configs[label]
             print(f"| {label} | {_stages(stages)} | {s.factor:g} | {_f(s.steps, '.1f')} | {_f(s.samples, '.0f')} "
                   f"| {_f(s.time_s, '.2f')} | {_f(s.final, '.4g')} |")  # fmt: skip
+        own = [(k, at_factor(name, v, target, results, 1.0)) for k, v in configs.items() if k.startswith("fixed")]
+        own_text = ", ".join(f"{k.split()[1]}: {_f(s.steps, '.0f')} ({_f(s.time_s, '.2f')} s)" for k, s in own)
+        print(f"\nAt lrbs's own LRs (factor 1), fixed batch: steps (time) to the target: {own_text}")
         summary.append((name, advice, scores))
 
     verdicts = judge(summary, results, args.processes)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.lr_quality import grid
-from benchmarks.lr_quality.tasks import POLICY, SCHEDULES, TASKS, Task
+from benchmarks.lr_quality.tasks import HELD_OUT, POLICY, SCHEDULES, TASKS, Task
 from benchmarks.lr_quality.training import build, job_of
 from lrbs.worker.advise import advise
 
@@ -30,6 +30,7 @@ FINDER_SEEDS = (100, 200, 300)
 SUGGESTIONS_FILE = grid.CACHE / "suggestions.json"
 TRAINED_FILE = grid.CACHE / "suggested.json"
 RESULTS_FILE = Path(__file__).parent / "results.md"
+HELD_OUT_RESULTS_FILE = Path(__file__).parent / "results_held_out.md"  # --held-out
 MAIN_SCHEDULES = ("constant", "cosine", "one_cycle")
 LRBS_RULES = ("steepest", "valley", "minimum", "slide", "lowest")
 ANCHORS = ("pytorch-lr-finder", "lightning")
@@ -82,10 +83,10 @@ def anchor_suggestions(task: Task, finder_seed: int) -> dict[str, dict]:
     }
 
 
-def collect(methods: set[str], refresh: set[str]) -> dict[str, dict]:
+def collect(tasks: list[Task], methods: set[str], refresh: set[str]) -> dict[str, dict]:
     """Suggestions per f"{task}|{finder_seed}", cached; `refresh` names method groups to recompute."""
     cache = json.loads(SUGGESTIONS_FILE.read_text()) if SUGGESTIONS_FILE.exists() else {}
-    for task in TASKS:
+    for task in tasks:
         for fs in FINDER_SEEDS:
             entry = cache.setdefault(f"{task.name}|{fs}", {})
             if "lrbs" in methods and ("lrbs" in refresh or not any(k.startswith("lrbs") for k in entry)):
@@ -121,16 +122,20 @@ def main() -> None:
         help="recompute these suggestions instead of reading the cache",
     )
     parser.add_argument("--suggest-only", action="store_true", help="collect suggestions (for tune.py), train nothing")
+    parser.add_argument(
+        "--held-out", action="store_true", help=f"score tasks.HELD_OUT instead (into {HELD_OUT_RESULTS_FILE.name})"
+    )
     args = parser.parse_args()
+    tasks = HELD_OUT if args.held_out else TASKS
     torch.set_num_threads(1)
-    for task in TASKS:
+    for task in tasks:
         job_of(task)  # load once, before timing anything
-    suggestions = collect(set(args.methods), set(args.refresh))
+    suggestions = collect(tasks, set(args.methods), set(args.refresh))
     if args.suggest_only:
         return
     samples = [
         (task.name, fs, method, schedule, rounded(v["lr"]), v["wall_time_s"], v.get("steps"))
-        for task in TASKS
+        for task in tasks
         for fs in FINDER_SEEDS
         for k, v in suggestions[f"{task.name}|{fs}"].items()
         for method, schedule in [k.split("|")]
@@ -139,10 +144,10 @@ def main() -> None:
     jobs = [(t, sch, lr, seed) for t, _, _, sch, lr, *_ in samples if lr is not None for seed in grid.SEEDS]
     results = grid.load()
     results.update(grid.train_many(jobs, TRAINED_FILE))
-    report(samples, results)
+    report(samples, results, tasks, HELD_OUT_RESULTS_FILE if args.held_out else RESULTS_FILE)
 
 
-def report(samples, results) -> None:
+def report(samples, results, tasks: list[Task], path: Path) -> None:
     order = ("lrbs recommended", "lrbs thorough")
     methods = sorted(
         {m for _, _, m, *_ in samples}, key=lambda m: (m not in order, order.index(m) if m in order else 0, m)
@@ -150,13 +155,13 @@ def report(samples, results) -> None:
     lines = [
         "# LR advice against grid search",
         "",
-        f"{len(TASKS)} tasks × {len(SCHEDULES)} schedules × {len(FINDER_SEEDS)} finder seeds; "
+        f"{len(tasks)} tasks × {len(SCHEDULES)} schedules × {len(FINDER_SEEDS)} finder seeds; "
         f"grid {len(grid.GRID)} LRs ({grid.POINTS_PER_DECADE}/decade, {grid.GRID[0]:g}–{grid.GRID[-1]:g}), "
         f"{len(grid.SEEDS)} training seeds; torch {torch.__version__}, CPU. Cells: the regret of each finder "
         "seed's suggestion; ∞ = the run diverged or the method gave no LR.",
         "",
     ]
-    for task in TASKS:
+    for task in tasks:
         lines += [
             f"## {task.name}",
             "",
@@ -203,7 +208,7 @@ def report(samples, results) -> None:
             )
         lines.append("")
     text = "\n".join(lines)
-    RESULTS_FILE.write_text(text + "\n")
+    path.write_text(text + "\n")
     print(text)
 
 

@@ -119,3 +119,22 @@ TASKS = [
         200,
     ),
 ]
+# Tasks no rule or fraction was fitted on (tune.py reads TASKS only); `python -m benchmarks.lr_quality.run --held-out`
+# scores them apart. The power-law regression was built for the batch benchmark (benchmarks/batch_size/powerlaw.py):
+# an ill-conditioned linear regression, a kind the tasks above lack.
+HELD_OUT = [
+    Task(
+        "powerlaw-regression-sgd",
+        {
+            "model": {
+                "source": "plugin",
+                "name": "benchmarks.batch_size.powerlaw:projected",
+                "params": {"width": 2048},
+            },
+            "dataset": {"source": "plugin", "name": "benchmarks.batch_size.powerlaw:regression", "params": {}},
+            "optimizer": {"name": "sgd"},
+        },
+        batch_size=64,
+        steps=1000,
+    ),
+]

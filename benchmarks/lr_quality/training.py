@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-from benchmarks.lr_quality.tasks import POLICY, TASKS, Task
+from benchmarks.lr_quality.tasks import HELD_OUT, POLICY, TASKS, Task
 from lrbs.worker.job import JobContext
 from lrbs.worker.probes.train import evaluate
 
-TASKS_BY_NAME = {t.name: t for t in TASKS}
+TASKS_BY_NAME = {t.name: t for t in [*TASKS, *HELD_OUT]}
 
 
 _JOBS: dict[str, JobContext] = {}

@@ -30,6 +30,11 @@ CONFIRM_MAX_STEPS = 1000  # thorough: longest confirmation run
 # the best LR on images-cnn-momentum).
 CONFIRM_CHECKPOINTS = (1 / 9, 1 / 3)
 CLEARLY_BEHIND = 0.1  # of the progress from the untrained loss: a gap this large at a checkpoint stops a run
+# When the best confirmation is the highest (lowest) LR tried, the best LR may lie beyond the safe range (on an
+# ill-conditioned regression the best constant LR sat 10x above it: benchmarks/lr_quality, held-out tasks), so
+# confirmation goes on at twice (half) that LR while it keeps winning, at most this many times, never above the
+# LR where the range test diverged.
+MAX_EXTENSIONS = 4
 WARMUP_OPTIMIZERS = ("adam", "adamw")  # Adam-family: moment estimates need a warm-up
 SPIKE_RATIO = 1.5  # a raw loss this far above its smoothed value is a spike
 WARMUP_SHARE = 0.05
@@ -59,7 +64,7 @@ def advise(
     confirmation = None
     unsure = sweep.thoroughness == "standard" and choice.confidence != "high"  # the sweeps disagreed
     if choice.lr is not None and (sweep.thoroughness == "thorough" or unsure):
-        choice, confirmation = confirm(job, choice, train_steps)
+        choice, confirmation = confirm(job, choice, train_steps, ceiling=stop_lr(curve, spec))
     batch_advice = None
     if spec.batch_sizes is not None:
         batch_advice = advise_batch_size(job, choice.lr, headroom=memory_headroom)
@@ -131,7 +136,9 @@ def median_curve(curves: list[RangeResult]) -> RangeResult:
     )
 
 
-def confirm(job: JobContext, choice: suggest.Choice, train_steps: int) -> tuple[suggest.Choice, list[Candidate]]:
+def confirm(
+    job: JobContext, choice: suggest.Choice, train_steps: int, ceiling: float | None = None
+) -> tuple[suggest.Choice, list[Candidate]]:
     """Short real trainings at the suggestion and at both ends of its safe range; the best validation loss wins.
 
     Always with thorough; with standard when the sweeps disagree (confidence below high). Staying inside the
@@ -140,7 +147,9 @@ def confirm(job: JobContext, choice: suggest.Choice, train_steps: int) -> tuple[
     where it is clearly behind that run at the same step, as in successive halving. Only a higher LR is stopped:
     early in a run the higher LR is usually ahead (short-horizon bias, Wu et al. 2018), so one that trails is
     worse, while a lower LR that trails early often wins at the end. When the runner-up is not clearly behind
-    the best at the end, the two train again on the next seed and the lower mean wins (`again`)."""
+    the best at the end, the two train again on the next seed and the lower mean wins (`again`).
+    When the best is an end of the LRs tried, the next LR out (×2 or ÷2) trains too, while it keeps winning
+    (MAX_EXTENSIONS; never above `ceiling`, the LR where the range test diverged)."""
     assert choice.lr is not None
     schedule = job.spec.schedule
     steps = min(train_steps, CONFIRM_MAX_STEPS)
@@ -151,8 +160,8 @@ def confirm(job: JobContext, choice: suggest.Choice, train_steps: int) -> tuple[
     scored: list[Candidate] = []
     for i, lr in enumerate(candidates):
 
-        def progress(step: int, total: int, i: int = i) -> None:
-            job.progress("confirm", i * total + step, len(candidates) * total)
+        def progress(step: int, total: int, i: int = i, runs: int = len(candidates)) -> None:
+            job.progress("confirm", i * total + step, runs * total)
 
         seen: dict[int, float] = {}
         for step, loss in job.training(lr, steps, schedule=schedule, evaluate_at=checkpoints, on_progress=progress):
@@ -165,6 +174,8 @@ def confirm(job: JobContext, choice: suggest.Choice, train_steps: int) -> tuple[
                 best_at[step] = (loss, lr)
         last = max(seen)
         scored.append(Candidate(lr=lr, val_loss=seen[last] if math.isfinite(seen[last]) else None, steps=last))
+        if i == len(candidates) - 1 and len(candidates) < 3 + MAX_EXTENSIONS:
+            candidates += beyond(scored, steps, ceiling)
     finished = [c for c in scored if c.val_loss is not None and c.steps == steps]
     if not finished:
         return choice, scored
@@ -193,6 +204,19 @@ def confirm(job: JobContext, choice: suggest.Choice, train_steps: int) -> tuple[
         )
     )
     return replace(choice, lr=best.lr, rule=f"{choice.rule}+confirm", reason=reason), scored
+
+
+def beyond(scored: list[Candidate], steps: int, ceiling: float | None) -> list[float]:
+    """The next LR to confirm: one step out past the best finished run when it is the highest or lowest LR tried
+    (and it beat the runner-up), else none."""
+    finished = sorted((c for c in scored if c.val_loss is not None and c.steps == steps), key=lambda c: c.val_loss or 0)
+    if len(finished) < 2:
+        return []
+    best, tried = finished[0], [c.lr for c in scored]
+    if best.lr == max(tried):
+        nxt = best.lr * 2
+        return [nxt] if ceiling is None or nxt < ceiling else []
+    return [best.lr / 2] if best.lr == min(tried) else []
 
 
 def again(job: JobContext, lr: float, steps: int, seed: int) -> float | None:

@@ -196,6 +196,7 @@ def test_a_best_lr_at_the_top_of_the_range_tried_is_followed_upward(losses, ceil
     choice = Choice(lr=0.1, rule="valley", reason="r", lr_low=0.05, lr_high=0.2, confidence="medium")
     picked, scored = confirm(job, choice, 60, ceiling=ceiling)
     assert picked.lr == winner
+    assert picked.lr_low == pytest.approx(0.05 * winner / 0.1) and picked.lr_high == pytest.approx(0.2 * winner / 0.1)
     assert [lr for lr, _ in job.trained] == [0.1, 0.05, 0.2, *extended]
 
 
@@ -207,13 +208,18 @@ def test_a_best_lr_at_the_bottom_of_the_range_tried_is_followed_downward():
     choice = Choice(lr=0.1, rule="valley", reason="r", lr_low=0.05, lr_high=0.2, confidence="medium")
     picked, _ = confirm(job, choice, 60, ceiling=1.0)
     assert picked.lr == 0.025 and [lr for lr, _ in job.trained] == [0.1, 0.05, 0.2, 0.025, 0.0125]
+    assert picked.lr_low == pytest.approx(0.0125) and picked.lr_high == pytest.approx(0.05)  # the band moved with it
 
 
 def test_thorough_confirms_with_short_trainings():
     result = advise(job(schedule="constant", train_steps=60, lr_range={**SWEEP, "thoroughness": "thorough"}))
     rec = result.recommendation
     first = [c for c in rec.confirmation if c.seed is None]
-    assert [c.lr for c in first[:3]] == pytest.approx([first[0].lr, rec.lr_low, rec.lr_high])
+    suggested, low, high = (c.lr for c in first[:3])  # the suggestion, then its safe range's ends
+    if low <= rec.lr <= high:
+        assert [rec.lr_low, rec.lr_high] == pytest.approx([low, high])
+    else:  # found past the band: the band moved with it
+        assert [rec.lr_low / rec.lr, rec.lr_high / rec.lr] == pytest.approx([low / suggested, high / suggested])
     for i, c in enumerate(first[3:], 3):  # an extension: one step out past the LRs tried before it
         earlier = [e.lr for e in first[:i]]
         assert c.lr in (pytest.approx(2 * max(earlier)), pytest.approx(min(earlier) / 2))

@@ -141,15 +141,17 @@ def confirm(
 ) -> tuple[suggest.Choice, list[Candidate]]:
     """Short real trainings at the suggestion and at both ends of its safe range; the best validation loss wins.
 
-    Always with thorough; with standard when the sweeps disagree (confidence below high). Staying inside the
-    safe range keeps one noisy short run from pulling the LR far off. The suggestion trains first; a later run
+    Always with thorough; with standard when the sweeps disagree (confidence below high). Starting inside the
+    safe range, and leaving it one step at a time only while each step wins, keeps one noisy short run from pulling
+    the LR far off. The suggestion trains first; a later run
     at a higher LR than the best so far stops at a checkpoint (CONFIRM_CHECKPOINTS of the run; none with one_cycle)
     where it is clearly behind that run at the same step, as in successive halving. Only a higher LR is stopped:
     early in a run the higher LR is usually ahead (short-horizon bias, Wu et al. 2018), so one that trails is
     worse, while a lower LR that trails early often wins at the end. When the runner-up is not clearly behind
     the best at the end, the two train again on the next seed and the lower mean wins (`again`).
     When the best is an end of the LRs tried, the next LR out (×2 or ÷2) trains too, while it keeps winning
-    (MAX_EXTENSIONS; never above `ceiling`, the LR where the range test diverged)."""
+    (MAX_EXTENSIONS; never above `ceiling`, the LR where the range test diverged); the safe range then moves with
+    the LR, so that it still holds it."""
     assert choice.lr is not None
     schedule = job.spec.schedule
     steps = min(train_steps, CONFIRM_MAX_STEPS)
@@ -203,7 +205,10 @@ def confirm(
             else ""
         )
     )
-    return replace(choice, lr=best.lr, rule=f"{choice.rule}+confirm", reason=reason), scored
+    low, high = choice.lr_low, choice.lr_high
+    if low is not None and high is not None and not low <= best.lr <= high:  # found past the band: move the band
+        low, high = low * best.lr / choice.lr, high * best.lr / choice.lr
+    return replace(choice, lr=best.lr, lr_low=low, lr_high=high, rule=f"{choice.rule}+confirm", reason=reason), scored
 
 
 def beyond(scored: list[Candidate], steps: int, ceiling: float | None) -> list[float]:

@@ -212,8 +212,8 @@ def confirm(
 
 
 def beyond(scored: list[Candidate], steps: int, ceiling: float | None) -> list[float]:
-    """The next LR to confirm: one step out past the best finished run when it is the highest or lowest LR tried
-    (and it beat the runner-up), else none."""
+    """The next LR to confirm: one step out past the best finished run when it is the highest or lowest LR tried,
+    else none (also when fewer than two runs finished: nothing to compare)."""
     finished = sorted((c for c in scored if c.val_loss is not None and c.steps == steps), key=lambda c: c.val_loss or 0)
     if len(finished) < 2:
         return []

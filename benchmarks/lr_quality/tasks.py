@@ -14,8 +14,10 @@ from lrbs.schedules import SCHEDULES as ALL_SCHEDULES
 from lrbs.worker.plugins import PluginPolicy
 
 SCHEDULES = tuple(ALL_SCHEDULES)  # every schedule in the table
-# The plugins of the benchmarks: the dataset of real text, and the batch benchmark's power-law regression.
-POLICY = PluginPolicy(("benchmarks.lr_quality.text_data", "benchmarks.batch_size.powerlaw"))
+# The plugins of the benchmarks: real text, scikit-learn's tabular sets, the batch benchmark's power-law regression.
+POLICY = PluginPolicy(
+    ("benchmarks.lr_quality.text_data", "benchmarks.lr_quality.sklearn_data", "benchmarks.batch_size.powerlaw")
+)
 
 
 @dataclass(frozen=True)
@@ -136,5 +138,31 @@ HELD_OUT = [
         },
         batch_size=64,
         steps=1000,
+    ),
+    # Real tabular data from scikit-learn (benchmarks/lr_quality/sklearn_data.py), with optimizers and models
+    # the visible tasks pair differently.
+    _task(
+        "wine-mlp-sgd",
+        {"name": "mlp", "params": {"hidden": [32]}},
+        {"source": "plugin", "name": "benchmarks.lr_quality.sklearn_data:tabular", "params": {"name": "wine"}},
+        {"name": "sgd"},
+        16,
+        300,
+    ),
+    _task(
+        "breast-cancer-mlp-adam",
+        {"name": "mlp", "params": {"hidden": [64, 32]}},
+        {"source": "plugin", "name": "benchmarks.lr_quality.sklearn_data:tabular", "params": {"name": "breast_cancer"}},
+        {"name": "adam"},
+        32,
+        300,
+    ),
+    _task(
+        "diabetes-linear-momentum",
+        {"name": "linear"},
+        {"source": "plugin", "name": "benchmarks.lr_quality.sklearn_data:tabular", "params": {"name": "diabetes"}},
+        {"name": "sgd", "params": {"momentum": 0.9}},
+        32,
+        300,
     ),
 ]

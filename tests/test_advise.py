@@ -158,7 +158,6 @@ def test_a_close_call_between_the_two_best_is_settled_by_a_second_seed(second_se
     from lrbs.worker.suggest import Choice
 
     # 0.2 leads 0.1 by 0.1, under a tenth of the progress from the untrained 3.0: a close call
-    # 0.2, the highest LR tried, leads but not clearly: no LR past it is tried
     job = ScriptedJob({(0.1, 0): 1.2, (0.05, 0): 2.0, (0.2, 0): 1.1, **second_seed})
     choice = Choice(lr=0.1, rule="valley", reason="r", lr_low=0.05, lr_high=0.2, confidence="medium")
     picked, scored = confirm(job, choice, 60)
@@ -171,61 +170,17 @@ def test_a_clear_lead_needs_no_second_seed():
     from lrbs.worker.advise import confirm
     from lrbs.worker.suggest import Choice
 
-    job = ScriptedJob({(0.1, 0): 1.6, (0.05, 0): 2.0, (0.2, 0): 1.1, (0.4, 0): 1.7})  # 0.5 ahead of the rest: clear
+    job = ScriptedJob({(0.1, 0): 1.6, (0.05, 0): 2.0, (0.2, 0): 1.1})  # 0.5 ahead: clear
     choice = Choice(lr=0.1, rule="valley", reason="r", lr_low=0.05, lr_high=0.2, confidence="medium")
     picked, scored = confirm(job, choice, 60)
-    assert picked.lr == 0.2 and job.trained == [(0.1, 0), (0.05, 0), (0.2, 0), (0.4, 0)] and len(scored) == 4
-
-
-@pytest.mark.parametrize(
-    ("losses", "ceiling", "winner", "extended"),
-    [
-        # the best LR lies 8x above the safe range: doubling goes on while it wins clearly, and stops at the first loss
-        ({0.4: 1.2, 0.8: 0.8, 1.6: 0.3, 3.2: 2.9}, None, 1.6, [0.4, 0.8, 1.6, 3.2]),
-        # never at or above the LR where the range test diverged
-        ({0.4: 0.9, 0.8: 0.5}, 0.8, 0.4, [0.4]),
-        # a lead too small to tell from seed noise stops the climb (0.8 beats 0.4 by under 10% of the progress)
-        ({0.4: 1.2, 0.8: 1.1, 1.6: 0.1}, None, 0.8, [0.4, 0.8]),
-        # at most MAX_EXTENSIONS more runs, however long it keeps winning
-        ({0.4: 1.2, 0.8: 0.8, 1.6: 0.5, 3.2: 0.1, 6.4: 0.05}, None, 3.2, [0.4, 0.8, 1.6, 3.2]),
-    ],
-)
-def test_a_best_lr_at_the_top_of_the_range_tried_is_followed_upward(losses, ceiling, winner, extended):
-    from lrbs.worker.advise import confirm
-    from lrbs.worker.suggest import Choice
-
-    scripted = {0.1: 2.0, 0.05: 2.5, 0.2: 1.5, **losses}
-    job = ScriptedJob({(lr, seed): v for lr, v in scripted.items() for seed in (0, 1)})  # seed 1: a close call's rerun
-    choice = Choice(lr=0.1, rule="valley", reason="r", lr_low=0.05, lr_high=0.2, confidence="medium")
-    picked, scored = confirm(job, choice, 60, ceiling=ceiling)
-    assert picked.lr == winner
-    assert picked.lr_low == pytest.approx(0.05 * winner / 0.1) and picked.lr_high == pytest.approx(0.2 * winner / 0.1)
-    assert [lr for lr, seed in job.trained if seed == 0] == [0.1, 0.05, 0.2, *extended]
-
-
-def test_a_best_lr_at_the_bottom_of_the_range_tried_is_followed_downward():
-    from lrbs.worker.advise import confirm
-    from lrbs.worker.suggest import Choice
-
-    job = ScriptedJob({(0.1, 0): 2.0, (0.05, 0): 1.0, (0.2, 0): 2.5, (0.025, 0): 0.5, (0.0125, 0): 1.9})
-    choice = Choice(lr=0.1, rule="valley", reason="r", lr_low=0.05, lr_high=0.2, confidence="medium")
-    picked, _ = confirm(job, choice, 60, ceiling=1.0)
-    assert picked.lr == 0.025 and [lr for lr, _ in job.trained] == [0.1, 0.05, 0.2, 0.025, 0.0125]
-    assert picked.lr_low == pytest.approx(0.0125) and picked.lr_high == pytest.approx(0.05)  # the band moved with it
+    assert picked.lr == 0.2 and job.trained == [(0.1, 0), (0.05, 0), (0.2, 0)] and len(scored) == 3
 
 
 def test_thorough_confirms_with_short_trainings():
     result = advise(job(schedule="constant", train_steps=60, lr_range={**SWEEP, "thoroughness": "thorough"}))
     rec = result.recommendation
     first = [c for c in rec.confirmation if c.seed is None]
-    suggested, low, high = (c.lr for c in first[:3])  # the suggestion, then its safe range's ends
-    if low <= rec.lr <= high:
-        assert [rec.lr_low, rec.lr_high] == pytest.approx([low, high])
-    else:  # found past the band: the band moved with it
-        assert [rec.lr_low / rec.lr, rec.lr_high / rec.lr] == pytest.approx([low / suggested, high / suggested])
-    for i, c in enumerate(first[3:], 3):  # an extension: one step out past the LRs tried before it
-        earlier = [e.lr for e in first[:i]]
-        assert c.lr in (pytest.approx(2 * max(earlier)), pytest.approx(min(earlier) / 2))
+    assert [c.lr for c in first] == pytest.approx([first[0].lr, rec.lr_low, rec.lr_high])
     finished = sorted((c for c in first if c.val_loss is not None and c.steps == 60), key=lambda c: c.val_loss)
     again = [c for c in rec.confirmation if c.seed is not None]
     if again:  # a close call: the two best trained again, and the lower mean won

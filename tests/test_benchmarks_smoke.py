@@ -114,3 +114,18 @@ def test_the_powerlaw_task_is_a_linear_regression_with_a_frozen_projection():
     assert [name for name, _ in model.named_parameters()] == ["head.weight", "head.bias"]  # the projection is frozen
     assert torch.equal(model.projection, projected((32,), width=64).projection)  # part of the task, not the seed
     assert model(torch.from_numpy(x[:5])).shape == (5, 1)
+
+
+def test_the_held_out_tabular_sets_are_split_and_scaled():
+    import numpy as np
+
+    from benchmarks.lr_quality.sklearn_data import tabular
+
+    x, y, x_val, y_val = tabular("wine")
+    assert len(x) + len(x_val) == 178 and len(x_val) == 36 and y.dtype == np.int64 and set(y) == {0, 1, 2}
+    whole = np.concatenate([x, x_val])
+    assert np.allclose(whole.mean(axis=0), 0, atol=1e-5) and np.allclose(whole.std(axis=0), 1, atol=1e-4)
+    x, y, _, _ = tabular("diabetes")
+    assert y.shape == (len(x), 1) and abs(float(np.abs(x).max())) < 0.25  # scikit-learn's own small scaling
+    with pytest.raises(ValueError, match="accepted: wine, breast_cancer, diabetes"):
+        tabular("iris")

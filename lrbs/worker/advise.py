@@ -30,11 +30,6 @@ CONFIRM_MAX_STEPS = 1000  # thorough: longest confirmation run
 # the best LR on images-cnn-momentum).
 CONFIRM_CHECKPOINTS = (1 / 9, 1 / 3)
 CLEARLY_BEHIND = 0.1  # of the progress from the untrained loss: a gap this large at a checkpoint stops a run
-# When the best confirmation is the highest (lowest) LR tried, the best LR may lie beyond the safe range (on an
-# ill-conditioned regression the best constant LR sat 10x above it: benchmarks/lr_quality, held-out tasks), so
-# confirmation goes on at twice (half) that LR while it keeps winning clearly, at most this many times, never above
-# the LR where the range test diverged.
-MAX_EXTENSIONS = 4
 WARMUP_OPTIMIZERS = ("adam", "adamw")  # Adam-family: moment estimates need a warm-up
 SPIKE_RATIO = 1.5  # a raw loss this far above its smoothed value is a spike
 WARMUP_SHARE = 0.05
@@ -64,7 +59,7 @@ def advise(
     confirmation = None
     unsure = sweep.thoroughness == "standard" and choice.confidence != "high"  # the sweeps disagreed
     if choice.lr is not None and (sweep.thoroughness == "thorough" or unsure):
-        choice, confirmation = confirm(job, choice, train_steps, ceiling=stop_lr(curve, spec))
+        choice, confirmation = confirm(job, choice, train_steps)
     batch_advice = None
     if spec.batch_sizes is not None:
         batch_advice = advise_batch_size(job, choice.lr, headroom=memory_headroom)
@@ -136,22 +131,16 @@ def median_curve(curves: list[RangeResult]) -> RangeResult:
     )
 
 
-def confirm(
-    job: JobContext, choice: suggest.Choice, train_steps: int, ceiling: float | None = None
-) -> tuple[suggest.Choice, list[Candidate]]:
+def confirm(job: JobContext, choice: suggest.Choice, train_steps: int) -> tuple[suggest.Choice, list[Candidate]]:
     """Short real trainings at the suggestion and at both ends of its safe range; the best validation loss wins.
 
-    Always with thorough; with standard when the sweeps disagree (confidence below high). Starting inside the
-    safe range, and leaving it one step at a time only while each step wins, keeps one noisy short run from pulling
-    the LR far off. The suggestion trains first; a later run
+    Always with thorough; with standard when the sweeps disagree (confidence below high). Staying inside the
+    safe range keeps one noisy short run from pulling the LR far off. The suggestion trains first; a later run
     at a higher LR than the best so far stops at a checkpoint (CONFIRM_CHECKPOINTS of the run; none with one_cycle)
     where it is clearly behind that run at the same step, as in successive halving. Only a higher LR is stopped:
     early in a run the higher LR is usually ahead (short-horizon bias, Wu et al. 2018), so one that trails is
     worse, while a lower LR that trails early often wins at the end. When the runner-up is not clearly behind
-    the best at the end, the two train again on the next seed and the lower mean wins (`again`).
-    When the best is an end of the LRs tried and clearly ahead, the next LR out (×2 or ÷2) trains too, while it
-    keeps winning clearly (MAX_EXTENSIONS; never above `ceiling`, the LR where the range test diverged); the safe
-    range then moves with the LR, so that it still holds it."""
+    the best at the end, the two train again on the next seed and the lower mean wins (`again`)."""
     assert choice.lr is not None
     schedule = job.spec.schedule
     steps = min(train_steps, CONFIRM_MAX_STEPS)
@@ -162,8 +151,8 @@ def confirm(
     scored: list[Candidate] = []
     for i, lr in enumerate(candidates):
 
-        def progress(step: int, total: int, i: int = i, runs: int = len(candidates)) -> None:
-            job.progress("confirm", i * total + step, runs * total)
+        def progress(step: int, total: int, i: int = i) -> None:
+            job.progress("confirm", i * total + step, len(candidates) * total)
 
         seen: dict[int, float] = {}
         for step, loss in job.training(lr, steps, schedule=schedule, evaluate_at=checkpoints, on_progress=progress):
@@ -176,8 +165,6 @@ def confirm(
                 best_at[step] = (loss, lr)
         last = max(seen)
         scored.append(Candidate(lr=lr, val_loss=seen[last] if math.isfinite(seen[last]) else None, steps=last))
-        if i == len(candidates) - 1 and len(candidates) < 3 + MAX_EXTENSIONS:
-            candidates += beyond(scored, steps, ceiling, untrained)
     finished = [c for c in scored if c.val_loss is not None and c.steps == steps]
     if not finished:
         return choice, scored
@@ -205,25 +192,7 @@ def confirm(
             else ""
         )
     )
-    low, high = choice.lr_low, choice.lr_high
-    if low is not None and high is not None and not low <= best.lr <= high:  # found past the band: move the band
-        low, high = low * best.lr / choice.lr, high * best.lr / choice.lr
-    return replace(choice, lr=best.lr, lr_low=low, lr_high=high, rule=f"{choice.rule}+confirm", reason=reason), scored
-
-
-def beyond(scored: list[Candidate], steps: int, ceiling: float | None, untrained: float) -> list[float]:
-    """The next LR to confirm: one step out past the best finished run when it is the highest or lowest LR tried
-    and clearly ahead of the runner-up, else none. Only a clear lead counts: on a flat stretch of the loss against
-    the LR one training seed decides which LR comes out ahead, and following that walked wine-mlp-sgd's LR 16x
-    past its best (benchmarks/lr_quality, held-out tasks)."""
-    finished = sorted((c for c in scored if c.val_loss is not None and c.steps == steps), key=lambda c: c.val_loss or 0)
-    if len(finished) < 2 or not clearly_behind(finished[1].val_loss or math.inf, finished[0].val_loss or 0, untrained):
-        return []
-    best, tried = finished[0], [c.lr for c in scored]
-    if best.lr == max(tried):
-        nxt = best.lr * 2
-        return [nxt] if ceiling is None or nxt < ceiling else []
-    return [best.lr / 2] if best.lr == min(tried) else []
+    return replace(choice, lr=best.lr, rule=f"{choice.rule}+confirm", reason=reason), scored
 
 
 def again(job: JobContext, lr: float, steps: int, seed: int) -> float | None:

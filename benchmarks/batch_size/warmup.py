@@ -347,17 +347,26 @@ class Score:
     final: float
 
 
+def records_of(name: str, stages: Stages, factor: float, seeds: tuple[int, ...], results: dict[str, dict]) -> list:
+    """The cached runs of these stages at this LR factor, one per seed."""
+    return [results[key((name, scaled(stages, factor), seed, SETUPS[name].samples))] for seed in seeds]
+
+
+def final_of(record: dict) -> float:
+    """A run's final loss: the lowest validation loss within the budget (as early stopping keeps); diverged: inf."""
+    return math.inf if record["diverged"] else min(record["loss"])
+
+
 def at_factor(name: str, stages: Stages, target: float, results: dict[str, dict], factor: float) -> Score:
     """Means over seeds of one LR factor's steps, samples and time to the target, and final loss."""
-    samples = SETUPS[name].samples
-    records = [results[key((name, scaled(stages, factor), seed, samples))] for seed in SEEDS]
+    records = records_of(name, stages, factor, SEEDS, results)
     hits = [first(r, target) for r in records]
     return Score(
         factor,
         float(np.mean([h[0] for h in hits])),
         float(np.mean([h[1] for h in hits])),
         float(np.mean([h[2] for h in hits])),
-        float(np.mean([math.inf if r["diverged"] else min(r["loss"]) for r in records])),
+        float(np.mean([final_of(r) for r in records])),
     )
 
 
@@ -491,10 +500,8 @@ def loss_check(warmup: list[float], fixed: list[float]) -> LossCheck:
 
 
 def finals(name: str, stages: Stages, factor: float, seeds: tuple[int, ...], results: dict[str, dict]) -> list[float]:
-    """The final loss (lowest validation loss within the budget) per seed; a diverged run counts as infinite."""
-    samples = SETUPS[name].samples
-    records = [results[key((name, scaled(stages, factor), seed, samples))] for seed in seeds]
-    return [math.inf if r["diverged"] else min(r["loss"]) for r in records]
+    """The final loss per seed (`final_of`)."""
+    return [final_of(r) for r in records_of(name, stages, factor, seeds, results)]
 
 
 def judge(summary: list, results: dict[str, dict], processes: int) -> list[tuple[tuple[int, int], str]]:
